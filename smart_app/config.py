@@ -1,0 +1,53 @@
+"""Settings and their documented defaults.
+
+Load order (see ``create_app``): these defaults, then ``instance/config.py``, then environment
+variables prefixed ``SMART_APP_`` (``SMART_APP_SECRET_KEY=...``; JSON values are decoded), then the
+``test_config`` passed to the factory.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+DEV_SECRET_KEY = "dev-only-not-secret"
+
+DEFAULTS: dict[str, Any] = {
+    # Signs the session id cookie and CSRF tokens. The development value is refused outside
+    # debug/testing (``check_config``).
+    "SECRET_KEY": DEV_SECRET_KEY,
+    # The app's own public origin; the redirect_uri is ``{PUBLIC_URL}/callback``.
+    "PUBLIC_URL": "http://localhost:8000",
+    # Extra directories of EHR registrations, besides launch/registrations/ (a list, or one path
+    # in the SMART_APP_REGISTRATIONS_DIR environment variable).
+    "REGISTRATIONS_DIRS": [],
+    # Server-side sessions: on local disk (under the instance folder) unless a Redis URL is given.
+    "SESSION_REDIS_URL": None,
+    "SESSION_LIFETIME_SECONDS": 8 * 3600,
+    # Cookies for the EHR iframe: SameSite=None + Secure. "Lax" is only for plain-http development
+    # outside an iframe.
+    "SESSION_COOKIE_SAMESITE": "None",
+    "SESSION_COOKIE_SECURE": True,
+    # SMART discovery cache lifetime per issuer.
+    "DISCOVERY_TTL_SECONDS": 3600,
+    # Refresh the access token this many seconds before it expires.
+    "TOKEN_REFRESH_LEEWAY_SECONDS": 60,
+    # FHIR client: (connect, read) timeouts in seconds, retries for idempotent GETs.
+    "FHIR_TIMEOUT": [3.05, 30.0],
+    "FHIR_MAX_RETRIES": 3,
+    "FHIR_PAGE_SIZE": 1000,
+    # Outbound timeouts for SMART discovery and the token endpoint.
+    "HTTP_TIMEOUT": [3.05, 15.0],
+}
+
+
+class ConfigError(RuntimeError):
+    """The configuration cannot be used; the message says which setting and why."""
+
+
+def check_config(config: dict[str, Any], *, debug: bool, testing: bool) -> None:
+    """Refuse settings that would be unsafe in production."""
+    if config.get("SECRET_KEY") == DEV_SECRET_KEY and not (debug or testing):
+        raise ConfigError(
+            "SMART_APP_SECRET_KEY is the development value; set a long random secret "
+            "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(48))')."
+        )
