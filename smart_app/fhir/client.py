@@ -1,0 +1,686 @@
+"""FHIR R4 REST client over ``requests`` (FHIR R4 "RESTful API": read, search, create, transaction).
+
+Security rule, enforced in one place (``FhirClient._send``): a request, with or without the bearer
+token, only goes to a URL under ``base_url`` (same scheme, host, port and path prefix). Paging links
+and redirects elsewhere raise ``ForeignLinkError`` before anything is sent (SMART App Launch 2.x,
+"Access token": the token is bound to the FHIR server it was issued for).
+
+Only idempotent GETs are retried (429 honouring ``Retry-After``, 502/503/504, connection failures),
+with exponential backoff; POSTs (create, transaction) are never retried here; a conditional create
+keeps a retry by the caller from duplicating.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import gc
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
+
+import orjson
+import requests
+
+from smart_app.fhir.errors import (
+    FhirConnectionError,
+    FhirError,
+    FhirMalformedResponse,
+    FhirTimeout,
+    ForeignLinkError,
+    error_for_status,
+)
+
+logger = logging.getLogger("smart_app.fhir")
+
+FHIR_JSON = "application/fhir+json"
+_RETRY_STATUSES = frozenset({429, 502, 503, 504})
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+_MAX_REDIRECTS = 5
+# FHIR R4 datatypes.html#id and the resource type names of resourcelist.html.
+_ID_RE = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+_TYPE_RE = re.compile(r"[A-Z][A-Za-z]{1,63}")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+Token = Callable[[], str] | str | None
+SearchParams = Mapping[str, str | int | Sequence[str]]
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """Outcome of a create (FHIR R4 http.html#create): HTTP status (201 created, 200 when
+    ``If-None-Exist`` matched an existing resource), the ``Location``, the id and version parsed from
+    it (or the ETag / returned body), and the returned resource or OperationOutcome, when any."""
+
+    status: int
+    location: str | None
+    id: str | None
+    version_id: str | None
+    resource: dict[str, Any] | None
+    outcome: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class _Base:
+    scheme: str
+    host: str
+    port: int
+    path: str  # no trailing slash; "" for a server root
+
+
+class _GcPause:
+    """Pause the cyclic garbage collector while decoding large JSON (DESIGN.md "Performance shape":
+    the collector, not parsing, dominates decode cost). Re-entrant across threads: the collector is
+    re-enabled when the last decoder finishes, and only if it was enabled before."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._was_enabled = False
+
+    @contextmanager
+    def __call__(self) -> Iterator[None]:
+        with self._lock:
+            if self._depth == 0:
+                self._was_enabled = gc.isenabled()
+                gc.disable()
+            self._depth += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._depth -= 1
+                if self._depth == 0 and self._was_enabled:
+                    gc.enable()
+
+
+_gc_paused = _GcPause()
+
+
+def decode_json(content: bytes) -> Any:
+    """orjson decode with the collector paused; raises ``orjson.JSONDecodeError`` (a ValueError)."""
+    with _gc_paused():
+        return orjson.loads(content)
+
+
+class FhirClient:
+    """A FHIR R4 server at ``base_url``, reached with an optional bearer token.
+
+    ``token`` is a string or a zero-argument callable returning the current access token; the callable
+    is invoked for every request sent, so a refreshed token is used at once. ``round_trips`` counts the
+    HTTP requests handed to the transport (retries and pages included; refused links are not).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        token: Token = None,
+        session: requests.Session | None = None,
+        timeout: Sequence[float] | float = (3.05, 30),
+        max_retries: int = 3,
+        backoff: float = 0.5,
+        max_backoff: float = 8.0,
+        max_retry_after: float = 10.0,
+        max_pages: int = 1000,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._base = _parse_base(self.base_url)
+        self._origin = urlsplit(self.base_url)
+        self._token = token
+        self._owns_session = session is None
+        self.session = session if session is not None else requests.Session()
+        self.timeout: tuple[float, float] | float = (
+            (float(timeout[0]), float(timeout[1])) if isinstance(timeout, Sequence) else float(timeout)
+        )
+        self.max_retries = max(0, int(max_retries))
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.max_retry_after = max_retry_after
+        self.max_pages = max_pages
+        self._sleep = sleep
+        self._count_lock = threading.Lock()
+        self._round_trips = 0
+
+    # -- public interactions ---------------------------------------------------------------------
+
+    @property
+    def round_trips(self) -> int:
+        return self._round_trips
+
+    def close(self) -> None:
+        if self._owns_session:
+            self.session.close()
+
+    def __enter__(self) -> FhirClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def read(self, resource_type: str, resource_id: str) -> dict[str, Any]:
+        """FHIR R4 http.html#read: ``GET [base]/[type]/[id]``."""
+        _check_type(resource_type)
+        if not _ID_RE.fullmatch(resource_id):
+            raise ValueError("resource id is not a valid FHIR id")
+        response = self._request("GET", f"{self.base_url}/{resource_type}/{resource_id}")
+        resource = self._json_body(response)
+        if not isinstance(resource, dict) or resource.get("resourceType") != resource_type:
+            raise FhirMalformedResponse(
+                f"read {resource_type}: the server did not return a {resource_type} resource",
+                status=response.status_code,
+            )
+        return resource
+
+    def vread(self, resource_type: str, resource_id: str, version_id: str) -> dict[str, Any]:
+        """FHIR R4 http.html#vread: ``GET [base]/[type]/[id]/_history/[vid]``."""
+        _check_type(resource_type)
+        if not (_ID_RE.fullmatch(resource_id) and _ID_RE.fullmatch(version_id)):
+            raise ValueError("resource id or version id is not a valid FHIR id")
+        url = f"{self.base_url}/{resource_type}/{resource_id}/_history/{version_id}"
+        response = self._request("GET", url)
+        resource = self._json_body(response)
+        if not isinstance(resource, dict) or resource.get("resourceType") != resource_type:
+            raise FhirMalformedResponse(
+                f"vread {resource_type}: the server did not return a {resource_type} resource",
+                status=response.status_code,
+            )
+        return resource
+
+    def search(
+        self,
+        resource_type: str,
+        params: SearchParams | None = None,
+        *,
+        notes: list[str] | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """FHIR R4 search.html: ``GET [base]/[type]?params``, yielding the matched resources page by
+        page (search.html#paging: ``Bundle.link`` relation ``next``, followed only under the base).
+
+        Entries without a resource, and ``search.mode = outcome`` entries (server warnings), are
+        skipped; a line saying so is appended to ``notes`` when given.
+        """
+        _check_type(resource_type)
+        url: str | None = f"{self.base_url}/{resource_type}"
+        query: SearchParams | None = params
+        seen: set[str] = set()
+        pages = 0
+        while url is not None:
+            if pages >= self.max_pages:
+                _note(notes, f"{resource_type} search: stopped after {self.max_pages} pages")
+                return
+            pages += 1
+            response = self._request("GET", url, params=query)
+            bundle = self._json_body(response)
+            entries, next_url = self._parse_search_bundle(bundle, resource_type, response.status_code)
+            del bundle
+            yield from _entry_resources(entries, resource_type, notes)
+            del entries
+            query = None  # a next link carries the whole query
+            if next_url is None:
+                return
+            absolute = urljoin(self.base_url + "/", next_url)
+            if absolute in seen:
+                _note(notes, f"{resource_type} search: paging link repeated; stopped")
+                return
+            seen.add(absolute)
+            if not self._is_under_base(absolute):
+                raise ForeignLinkError(
+                    f"{resource_type} search: the next-page link points outside the FHIR base; not followed"
+                )
+            url = absolute
+
+    def search_all(
+        self,
+        resource_type: str,
+        params: SearchParams | None = None,
+        *,
+        notes: list[str] | None = None,
+    ) -> list[dict[str, Any]]:
+        """All pages of ``search`` as one list."""
+        return list(self.search(resource_type, params, notes=notes))
+
+    def capabilities(self) -> dict[str, Any]:
+        """FHIR R4 http.html#capabilities: ``GET [base]/metadata``."""
+        response = self._request("GET", f"{self.base_url}/metadata")
+        statement = self._json_body(response)
+        if not isinstance(statement, dict) or statement.get("resourceType") != "CapabilityStatement":
+            raise FhirMalformedResponse(
+                "metadata: the server did not return a CapabilityStatement", status=response.status_code
+            )
+        return statement
+
+    def transaction(self, bundle: dict[str, Any]) -> dict[str, Any]:
+        """FHIR R4 http.html#transaction: ``POST [base]`` with a transaction (or batch) Bundle; the
+        answer must be the matching ``transaction-response`` (``batch-response``) with one entry per
+        request entry, each carrying ``response.status``. Never retried."""
+        if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+            raise ValueError("transaction() needs a Bundle")
+        kind = bundle.get("type")
+        if kind not in ("transaction", "batch"):
+            raise ValueError("transaction() needs a Bundle of type transaction or batch")
+        sent_entries = bundle.get("entry") or []
+        response = self._request(
+            "POST",
+            self.base_url,
+            body=orjson.dumps(bundle),
+            headers={"Content-Type": FHIR_JSON, "Prefer": "return=representation"},
+        )
+        result = self._json_body(response)
+        expected = f"{kind}-response"
+        if (
+            not isinstance(result, dict)
+            or result.get("resourceType") != "Bundle"
+            or result.get("type") != expected
+        ):
+            raise FhirMalformedResponse(
+                f"{kind}: the server did not answer with a {expected} Bundle", status=response.status_code
+            )
+        entries = result.get("entry") or []
+        if not isinstance(entries, list) or len(entries) != len(sent_entries):
+            raise FhirMalformedResponse(
+                f"{kind}: {len(sent_entries)} entries sent but the response has "
+                f"{len(entries) if isinstance(entries, list) else 'no'} entries",
+                status=response.status_code,
+            )
+        for index, entry in enumerate(entries):
+            status = entry.get("response", {}).get("status") if isinstance(entry, dict) else None
+            if not isinstance(status, str) or not status.strip():
+                raise FhirMalformedResponse(
+                    f"{kind}: response entry {index} has no response.status", status=response.status_code
+                )
+            if kind == "transaction" and not status.strip().startswith("2"):
+                # A transaction is all-or-nothing (http.html#trules): a failed entry contradicts success.
+                raise FhirMalformedResponse(
+                    f"transaction: response entry {index} reports {status.strip()[:40]!r} in a successful "
+                    "transaction-response",
+                    status=response.status_code,
+                )
+        return result
+
+    def create(self, resource: dict[str, Any], if_none_exist: str | None = None) -> WriteResult:
+        """FHIR R4 http.html#create (and #ccreate): ``POST [base]/[type]``, with ``If-None-Exist`` set
+        to the given search query (e.g. ``identifier=system|value``) for a conditional create."""
+        if not isinstance(resource, dict):
+            raise ValueError("create() needs a resource")
+        resource_type = resource.get("resourceType")
+        if not isinstance(resource_type, str):
+            raise ValueError("create() needs a resource with a resourceType")
+        _check_type(resource_type)
+        headers = {"Content-Type": FHIR_JSON, "Prefer": "return=representation"}
+        if if_none_exist:
+            headers["If-None-Exist"] = if_none_exist.lstrip("?")
+        response = self._request(
+            "POST", f"{self.base_url}/{resource_type}", body=orjson.dumps(resource), headers=headers
+        )
+        body: Any = None
+        if response.content.strip():
+            try:
+                body = decode_json(response.content)
+            except ValueError as exc:
+                raise FhirMalformedResponse(
+                    f"create {resource_type}: the response body is not JSON", status=response.status_code
+                ) from exc
+        returned = body if isinstance(body, dict) else None
+        outcome = returned if returned and returned.get("resourceType") == "OperationOutcome" else None
+        created = returned if returned and returned.get("resourceType") == resource_type else None
+        location = response.headers.get("Location") or response.headers.get("Content-Location")
+        new_id, version_id = _parse_location(location, resource_type)
+        if created is not None:
+            new_id = new_id or _str_or_none(created.get("id"))
+            meta = created.get("meta")
+            if version_id is None and isinstance(meta, dict):
+                version_id = _str_or_none(meta.get("versionId"))
+        if version_id is None:
+            version_id = _etag_version(response.headers.get("ETag"))
+        return WriteResult(
+            status=response.status_code,
+            location=location,
+            id=new_id,
+            version_id=version_id,
+            resource=created,
+            outcome=outcome,
+        )
+
+    # -- transport -------------------------------------------------------------------------------
+
+    def _is_under_base(self, url: str) -> bool:
+        """Same scheme, host and port as the base, and a path at or below the base path, without
+        user info or dot segments that could climb out of it."""
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError:
+            return False
+        scheme = parts.scheme.lower()
+        if scheme != self._base.scheme or parts.username is not None or parts.password is not None:
+            return False
+        if (parts.hostname or "").lower() != self._base.host:
+            return False
+        if (port if port is not None else _DEFAULT_PORTS.get(scheme)) != self._base.port:
+            return False
+        path = parts.path
+        segments = unquote(path).split("/")
+        if any(segment in (".", "..") for segment in segments):
+            return False
+        base_path = self._base.path
+        return path == base_path or path.startswith(base_path + "/")
+
+    def _headers(self, extra: Mapping[str, str] | None) -> dict[str, str]:
+        headers = {"Accept": FHIR_JSON, "Accept-Encoding": "gzip, deflate"}
+        token = self._token() if callable(self._token) else self._token
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        if extra:
+            headers.update(extra)
+        return headers
+
+    def _request(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: SearchParams | None = None,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> requests.Response:
+        """Send, following same-base redirects for GET, and turn any non-2xx answer into a FhirError."""
+        response = self._send(method, url, params=params, body=body, headers=headers)
+        redirects = 0
+        while response.status_code in _REDIRECT_STATUSES and method == "GET":
+            location = response.headers.get("Location")
+            if not location or redirects >= _MAX_REDIRECTS:
+                break
+            redirects += 1
+            target = urljoin(response.url or url, location)
+            if not self._is_under_base(target):
+                raise ForeignLinkError(
+                    f"GET {_label(self._base, url)}: redirect outside the FHIR base; not followed"
+                )
+            response = self._send(method, target, params=None, body=None, headers=headers)
+        if not 200 <= response.status_code < 300:
+            raise self._error_from_response(method, url, response)
+        return response
+
+    def _send(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: SearchParams | None,
+        body: bytes | None,
+        headers: Mapping[str, str] | None,
+    ) -> requests.Response:
+        """The single exit to the network: refuses URLs outside the base, retries idempotent GETs."""
+        if not self._is_under_base(url):
+            raise ForeignLinkError(f"{method}: refusing to send a request outside the FHIR base")
+        # Spell scheme and authority exactly as the base does (host case, default port); drop fragments.
+        parts = urlsplit(url)
+        url = urlunsplit((self._origin.scheme, self._origin.netloc, parts.path, parts.query, ""))
+        label = _label(self._base, url, params)
+        retry = method == "GET"
+        attempt = 0
+        while True:
+            request_headers = self._headers(headers)
+            started = time.monotonic()
+            with self._count_lock:
+                self._round_trips += 1
+            try:
+                response = self.session.request(
+                    method,
+                    url,
+                    params=params,
+                    data=body,
+                    headers=request_headers,
+                    timeout=self.timeout,
+                    allow_redirects=False,
+                )
+            except requests.exceptions.ConnectionError as exc:
+                # ConnectTimeout is both a ConnectionError and a Timeout: nothing was answered.
+                elapsed = (time.monotonic() - started) * 1000
+                timed_out = isinstance(exc, requests.exceptions.Timeout)
+                kind = "connect timeout" if timed_out else "connection failed"
+                if retry and attempt < self.max_retries:
+                    delay = self._backoff_delay(attempt)
+                    logger.warning(
+                        "FHIR %s %s %s after %.0f ms; retry %d in %.2f s",
+                        method, label, kind, elapsed, attempt + 1, delay,
+                    )
+                    self._sleep(delay)
+                    attempt += 1
+                    continue
+                logger.warning("FHIR %s %s %s after %.0f ms", method, label, kind, elapsed)
+                error_class = FhirTimeout if timed_out else FhirConnectionError
+                raise error_class(f"{method} {label}: {kind}") from None
+            except requests.exceptions.Timeout:
+                # A read timeout: the server may still be working; retrying would multiply the wait.
+                elapsed = (time.monotonic() - started) * 1000
+                logger.warning("FHIR %s %s read timeout after %.0f ms", method, label, elapsed)
+                raise FhirTimeout(f"{method} {label}: no answer within the read timeout") from None
+            except requests.exceptions.RequestException as exc:
+                logger.warning("FHIR %s %s request failed: %s", method, label, type(exc).__name__)
+                raise FhirConnectionError(
+                    f"{method} {label}: request failed ({type(exc).__name__})"
+                ) from None
+            elapsed = (time.monotonic() - started) * 1000
+            status = response.status_code
+            if retry and status in _RETRY_STATUSES and attempt < self.max_retries:
+                retry_after = _retry_after_seconds(response.headers.get("Retry-After"))
+                if retry_after is not None and retry_after > self.max_retry_after:
+                    logger.warning(
+                        "FHIR %s %s -> %d in %.0f ms; Retry-After %.0f s exceeds the %.0f s cap, giving up",
+                        method, label, status, elapsed, retry_after, self.max_retry_after,
+                    )
+                    return response
+                delay = retry_after if retry_after is not None else self._backoff_delay(attempt)
+                logger.warning(
+                    "FHIR %s %s -> %d in %.0f ms; retry %d in %.2f s",
+                    method, label, status, elapsed, attempt + 1, delay,
+                )
+                response.close()
+                self._sleep(delay)
+                attempt += 1
+                continue
+            log = logger.debug if status < 400 else logger.warning
+            log("FHIR %s %s -> %d in %.0f ms", method, label, status, elapsed)
+            return response
+
+    def _backoff_delay(self, attempt: int) -> float:
+        return float(min(self.max_backoff, self.backoff * (2**attempt)))
+
+    # -- bodies ----------------------------------------------------------------------------------
+
+    def _json_body(self, response: requests.Response) -> Any:
+        label = _label(self._base, response.url or self.base_url)
+        try:
+            return decode_json(response.content)
+        except ValueError:
+            raise FhirMalformedResponse(
+                f"{response.request.method if response.request else 'GET'} {label}: "
+                "the response body is not JSON",
+                status=response.status_code,
+            ) from None
+
+    def _error_from_response(self, method: str, url: str, response: requests.Response) -> FhirError:
+        outcome: dict[str, Any] | None = None
+        if response.content:
+            try:
+                body = decode_json(response.content)
+            except ValueError:
+                body = None
+            if isinstance(body, dict) and body.get("resourceType") == "OperationOutcome":
+                outcome = body
+        status = response.status_code
+        reason = response.reason or ""
+        message = f"{method} {_label(self._base, url)}: HTTP {status}{' ' + reason if reason else ''}"
+        error = error_for_status(
+            status,
+            message,
+            outcome,
+            retry_after=_retry_after_seconds(response.headers.get("Retry-After")),
+        )
+        issues = error.issues()
+        if issues:
+            error.message = f"{message} ({'; '.join(issues[:3])})"
+            error.args = (error.message,)
+        return error
+
+    def _parse_search_bundle(
+        self, bundle: Any, resource_type: str, status: int
+    ) -> tuple[list[Any], str | None]:
+        if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+            got = bundle.get("resourceType") if isinstance(bundle, dict) else type(bundle).__name__
+            raise FhirMalformedResponse(
+                f"{resource_type} search: expected a Bundle, got {str(got)[:40]!r}", status=status
+            )
+        entries = bundle.get("entry", [])
+        if entries is None:
+            entries = []
+        if not isinstance(entries, list):
+            raise FhirMalformedResponse(f"{resource_type} search: Bundle.entry is not a list", status=status)
+        next_url: str | None = None
+        links = bundle.get("link")
+        if isinstance(links, list):
+            for link in links:
+                if isinstance(link, dict) and link.get("relation") == "next":
+                    candidate = link.get("url")
+                    if isinstance(candidate, str) and candidate.strip():
+                        next_url = candidate.strip()
+                    break
+        return entries, next_url
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def _parse_base(base_url: str) -> _Base:
+    parts = urlsplit(base_url)
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS or not parts.hostname:
+        raise ValueError("base_url must be an absolute http(s) URL")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError("base_url must not carry a query, fragment or user info")
+    port = parts.port if parts.port is not None else _DEFAULT_PORTS[scheme]
+    return _Base(scheme=scheme, host=parts.hostname.lower(), port=port, path=parts.path.rstrip("/"))
+
+
+def _check_type(resource_type: str) -> None:
+    if not isinstance(resource_type, str) or not _TYPE_RE.fullmatch(resource_type):
+        raise ValueError("not a FHIR resource type name")
+
+
+def _label(base: _Base, url: str, params: SearchParams | None = None) -> str:
+    """A log-safe name for a request: the resource type and interaction, with ids replaced and only
+    the names of query parameters (their values can hold identifiers or PHI)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    path = parts.path
+    if path.startswith(base.path):
+        path = path[len(base.path):]
+    segments = [segment for segment in path.split("/") if segment]
+    if not segments:
+        name = "[base]"
+    elif segments[0] == "metadata":
+        name = "metadata"
+    elif len(segments) == 1:
+        name = segments[0] if _TYPE_RE.fullmatch(segments[0]) else "[path]"
+    else:
+        head = segments[0] if _TYPE_RE.fullmatch(segments[0]) else "[path]"
+        name = f"{head}/[id]" + ("/..." if len(segments) > 2 else "")
+    keys: list[str] = []
+    for pair in parts.query.split("&") if parts.query else []:
+        key = pair.split("=", 1)[0]
+        if key and key not in keys:
+            keys.append(key)
+    for key in params or {}:
+        if key not in keys:
+            keys.append(key)
+    safe_keys = [unquote(key)[:40] for key in keys]
+    return name + ("?" + "&".join(safe_keys) if safe_keys else "")
+
+
+def _entry_resources(
+    entries: list[Any], resource_type: str, notes: list[str] | None
+) -> Iterator[dict[str, Any]]:
+    missing = 0
+    outcomes = 0
+    for entry in entries:
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+            missing += 1
+            continue
+        search = entry.get("search")
+        mode = search.get("mode") if isinstance(search, dict) else None
+        if mode == "outcome" or (mode is None and resource["resourceType"] == "OperationOutcome"):
+            outcomes += 1
+            continue
+        yield resource
+    if missing:
+        _note(notes, f"{resource_type} search: {_entries(missing)} without a resource skipped")
+    if outcomes:
+        _note(notes, f"{resource_type} search: {_entries(outcomes)} of server messages skipped")
+
+
+def _entries(count: int) -> str:
+    return f"{count} entr{'y' if count == 1 else 'ies'}"
+
+
+def _note(notes: list[str] | None, text: str) -> None:
+    logger.info("FHIR %s", text)
+    if notes is not None:
+        notes.append(text)
+
+
+def _retry_after_seconds(value: str | None) -> float | None:
+    """RFC 9110 section 10.2.3: delay-seconds or an HTTP-date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def _parse_location(location: str | None, resource_type: str) -> tuple[str | None, str | None]:
+    """``[base]/[type]/[id]/_history/[vid]`` (FHIR R4 http.html#create) → (id, version)."""
+    if not location:
+        return None, None
+    segments = [segment for segment in urlsplit(location).path.split("/") if segment]
+    try:
+        index = len(segments) - 1 - segments[::-1].index(resource_type)
+    except ValueError:
+        return None, None
+    rest = segments[index + 1:]
+    resource_id = rest[0] if rest and _ID_RE.fullmatch(rest[0]) else None
+    version = rest[2] if len(rest) >= 3 and rest[1] == "_history" and _ID_RE.fullmatch(rest[2]) else None
+    return resource_id, version
+
+
+def _etag_version(etag: str | None) -> str | None:
+    """FHIR R4 http.html#versioning: ``ETag: W/"3"``."""
+    if not etag:
+        return None
+    value = etag.strip()
+    if value.startswith("W/"):
+        value = value[2:]
+    value = value.strip('"')
+    return value if value and _ID_RE.fullmatch(value) else None
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
