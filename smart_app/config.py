@@ -35,6 +35,13 @@ DEFAULTS: dict[str, Any] = {
     "FHIR_TIMEOUT": [3.05, 30.0],
     "FHIR_MAX_RETRIES": 3,
     "FHIR_PAGE_SIZE": 1000,
+    # PEM private keys for private_key_jwt client assertions; empty = an RS384 and an ES384 key are
+    # generated once into instance/keys/. Their public halves are served at /.well-known/jwks.json.
+    "SMART_SIGNING_KEY_FILES": [],
+    # An authorization request not completed within this many seconds is forgotten.
+    "LAUNCH_PENDING_TTL_SECONDS": 600,
+    # Launches one browser session may have in flight at once (several EHR tabs).
+    "LAUNCH_MAX_PENDING": 5,
     # Outbound timeouts for SMART discovery and the token endpoint.
     "HTTP_TIMEOUT": [3.05, 15.0],
 }

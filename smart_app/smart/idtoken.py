@@ -1,0 +1,109 @@
+"""id_token validation (OpenID Connect Core 1.0 section 3.1.3.7; SMART App Launch 2.x,
+"Scopes for requesting identity data").
+
+The signature is checked against the EHR's JWK set from the discovered ``jwks_uri``; then ``iss``
+(the discovered ``issuer``, else the FHIR base), ``aud`` (our client_id; ``azp`` when there are
+several audiences), ``exp``/``iat`` and ``nonce``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet
+
+from smart_app.smart.discovery import Discovery, SmartConfiguration
+from smart_app.smart.errors import IdTokenError
+
+log = logging.getLogger("smart_app.smart")
+
+ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384")
+LEEWAY_SECONDS = 60
+
+
+def validate_id_token(
+    id_token: str,
+    *,
+    jwks: Mapping[str, Any],
+    issuer: str,
+    client_id: str,
+    nonce: str | None,
+    now: float | None = None,
+    leeway: int = LEEWAY_SECONDS,
+    ehr_name: str | None = None,
+) -> dict[str, Any]:
+    """Verify ``id_token`` and return its claims; raise ``IdTokenError`` naming the failed check."""
+    name = ehr_name or "The EHR"
+
+    def fail(check: str) -> IdTokenError:
+        log.warning("id_token from %s rejected: %s", name, check)
+        return IdTokenError(f"{name}'s identity token was rejected: {check}.", ehr_name=ehr_name)
+
+    try:
+        key_set = KeySet.import_key_set(dict(jwks))  # type: ignore[arg-type]
+    except (JoseError, ValueError, TypeError, KeyError):
+        raise fail("its signing keys could not be read") from None
+    try:
+        token = jwt.decode(id_token, key_set, algorithms=list(ALGORITHMS))
+    except JoseError:
+        raise fail("the signature does not verify") from None
+    except (ValueError, TypeError):
+        raise fail("it is not a valid signed JWT") from None
+    claims = dict(token.claims)
+    current = time.time() if now is None else now
+
+    if claims.get("iss") != issuer:
+        raise fail("it was issued by another issuer")
+    aud = claims.get("aud")
+    audiences = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
+    if client_id not in audiences:
+        raise fail("it is meant for another client (aud)")
+    if len(audiences) > 1 and claims.get("azp") != client_id:
+        raise fail("it has several audiences and azp is not this client")
+    exp = claims.get("exp")
+    if not isinstance(exp, int | float) or isinstance(exp, bool):
+        raise fail("it has no expiry (exp)")
+    if current > exp + leeway:
+        raise fail("it has expired")
+    iat = claims.get("iat")
+    if isinstance(iat, int | float) and not isinstance(iat, bool) and iat > current + leeway:
+        raise fail("it was issued in the future (iat)")
+    if nonce is not None:
+        got = claims.get("nonce")
+        if not isinstance(got, str) or not hmac.compare_digest(got.encode(), nonce.encode()):
+            raise fail("the nonce does not match this launch")
+    return claims
+
+
+def verify_id_token(
+    id_token: str,
+    *,
+    discovery: Discovery,
+    config: SmartConfiguration,
+    client_id: str,
+    nonce: str | None,
+    ehr_name: str | None = None,
+    now: Callable[[], float] = time.time,
+) -> dict[str, Any]:
+    """Validate with keys from ``config.jwks_uri``, fetching the key set again once on an unknown key."""
+    issuer = config.issuer or config.iss
+    jwks = discovery.jwks(config)
+    check = functools.partial(
+        validate_id_token, id_token, issuer=issuer, client_id=client_id, nonce=nonce, ehr_name=ehr_name
+    )
+    try:
+        return check(jwks=jwks, now=now())
+    except IdTokenError as first:
+        if "signature" not in first.description:
+            raise
+        fresh = discovery.jwks(config, refresh=True)
+        if fresh == jwks:
+            raise
+        return check(jwks=fresh, now=now())
