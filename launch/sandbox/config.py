@@ -1,0 +1,46 @@
+"""Sandbox settings and their defaults.
+
+Loaded in order: ``DEFAULTS`` → ``instance/sandbox.py`` (optional) → ``SANDBOX_*`` environment
+variables (``SANDBOX_PUBLIC_URL=...``, values parsed as JSON when they are JSON) → ``test_config``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+DEFAULTS: dict[str, Any] = {
+    # The app's launch URL that the EHR page opens in its iframe (SMART "EHR Launch").
+    "APP_LAUNCH_URL": "http://localhost:8000/launch",
+    # The sandbox's own origin; the FHIR base (and iss) is PUBLIC_URL + "/fhir".
+    "PUBLIC_URL": "http://127.0.0.1:8001",
+    # Directory of patient Bundles (*.json, collection or transaction).
+    "DATA_DIR": str(PACKAGE_DIR.parent / "data"),
+    # Practitioners (the EHR's users) loaded into the store; a Bundle.
+    "PRACTITIONERS_FILE": str(PACKAGE_DIR / "practitioners.json"),
+    # Registered clients; None means launch/sandbox/clients.json.
+    "CLIENTS": None,
+    "CLIENTS_FILE": str(PACKAGE_DIR / "clients.json"),
+    # id_token signing key (PEM); None means <instance folder>/sandbox-signing-key.pem.
+    "SIGNING_KEY_PATH": None,
+    # Lifetimes, in seconds.
+    "CODE_TTL": 60,
+    "ACCESS_TOKEN_TTL": 3600,
+    "REFRESH_TOKEN_TTL": 86400,
+    "LAUNCH_TTL": 600,
+    "PENDING_TTL": 600,
+    "ID_TOKEN_TTL": 3600,
+    # How long a client's jwks_uri answer is reused.
+    "JWKS_CACHE_TTL": 300,
+    # Search page size: default and maximum for _count.
+    "DEFAULT_COUNT": 50,
+    "MAX_COUNT": 1000,
+    # Practitioner signed in for EHR launches when the launch names none.
+    "DEFAULT_USER": "Practitioner/dr-ada",
+    # Fault injection for tests only (see faults.py); empty means none.
+    "FAULTS": {},
+    # Compress responses when the client accepts gzip and the body is at least this long.
+    "GZIP_MIN_BYTES": 1024,
+}

@@ -1,0 +1,1 @@
+"""Blueprints, one module per URL area: ``/.well-known``, ``/auth``, ``/fhir``, ``/ehr``."""
