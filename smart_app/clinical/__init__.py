@@ -1,1 +1,24 @@
-"""clinical package."""
+"""Clinical core: read a patient's FHIR record, evaluate the versioned back-mice criteria, explain.
+
+Pure domain code (CLINICAL.md): no Flask, no HTTP, no imports from ``smart_app.web`` or ``smart_app.fhir``.
+"""
+
+from __future__ import annotations
+
+from smart_app.clinical.assessment import Assessment
+from smart_app.clinical.criteria import CriteriaError, CriteriaRegistry, default_registry, load_registry
+from smart_app.clinical.engine import assess, assess_bundle
+from smart_app.clinical.record import PatientRecord, UnusableInput, load_bundle
+
+__all__ = [
+    "Assessment",
+    "CriteriaError",
+    "CriteriaRegistry",
+    "PatientRecord",
+    "UnusableInput",
+    "assess",
+    "assess_bundle",
+    "default_registry",
+    "load_bundle",
+    "load_registry",
+]

@@ -1,0 +1,516 @@
+"""Evaluate a criteria version over one patient's record (CLINICAL.md "Classification", "Output").
+
+``assess`` is deterministic: the same record (in any entry order) and the same ``as_of`` give the same
+Assessment, byte for byte in ``json.dumps(..., sort_keys=True)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from smart_app.clinical import fhirjson as fj
+from smart_app.clinical.assessment import Assessment
+from smart_app.clinical.criteria import Criteria, CriteriaError, CriteriaRegistry, default_registry
+from smart_app.clinical.facts import Extractor, Facts
+from smart_app.clinical.operators import (
+    ABSENT,
+    FINDING_RULES,
+    FLAG_RULES,
+    PRESENT,
+    UNKNOWN,
+    Context,
+    FindingResult,
+    Outcome,
+    latest_pain,
+)
+from smart_app.clinical.record import NotStreamable, PatientRecord, load_bundle, stream_bundle
+
+UnknownInput = tuple[str, Mapping[str, Any], str]  # ladder input name, its data_dependencies entry, unread
+
+
+def assess(
+    record: PatientRecord,
+    as_of: datetime,
+    criteria_version: str = "1.0.0",
+    *,
+    registry: CriteriaRegistry | None = None,
+) -> Assessment:
+    """Assess ``record`` at evaluation time ``as_of`` (naive datetimes are taken as UTC)."""
+    as_of = _utc(as_of)
+    criteria = (registry or default_registry()).get(criteria_version)
+    with _gc_paused():
+        extractor = Extractor(as_of, criteria)
+        for res in record.resources:
+            extractor.feed(res)
+        return _evaluate(criteria, extractor.finish(record), record, as_of, extractor.count)
+
+
+def assess_bundle(
+    data: bytes,
+    as_of: datetime,
+    criteria_version: str = "1.0.0",
+    *,
+    registry: CriteriaRegistry | None = None,
+) -> Assessment:
+    """Bytes of a Bundle → Assessment without holding the whole Bundle as Python objects.
+
+    Same result as ``assess(load_bundle(data), ...)``; raises ``UnusableInput`` likewise.
+    """
+    as_of = _utc(as_of)
+    criteria = (registry or default_registry()).get(criteria_version)
+    extractor = Extractor(as_of, criteria)
+    try:
+        record = stream_bundle(data, extractor.feed)
+    except NotStreamable:
+        return assess(load_bundle(data), as_of, criteria_version, registry=registry)
+    with _gc_paused():
+        return _evaluate(criteria, extractor.finish(record), record, as_of, extractor.count)
+
+
+def _utc(as_of: datetime) -> datetime:
+    return as_of.replace(tzinfo=UTC) if as_of.tzinfo is None else as_of.astimezone(UTC)
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """The engine allocates no reference cycles; pausing the collector keeps time linear in the input."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _evaluate(
+    criteria: Criteria, facts: Facts, record: PatientRecord, as_of: datetime, count: int
+) -> Assessment:
+    ctx = Context(criteria=criteria, facts=facts, record=record, as_of=as_of)
+    data = criteria.data
+
+    for spec in data["findings"]:
+        rule = FINDING_RULES.get(spec["rule"])
+        if rule is None:
+            raise CriteriaError(f"unknown finding rule {spec['rule']!r}")
+        ctx.findings[spec["id"]] = _honour_unavailable(ctx, spec, rule(ctx, spec))
+    ctx.pain = latest_pain(ctx)
+    for spec in data["red_flags"]:
+        flag = FLAG_RULES[spec.get("rule", "coded")](ctx, spec)
+        if flag is not None:
+            ctx.flags.append(flag)
+    ctx.flags.sort(key=lambda f: (f.level != "block", f.id))
+    differentials = _differentials(ctx)
+
+    trace: list[dict[str, Any]] = []
+    classification, rule_spec, outcome = _classify(ctx, trace)
+    next_step, ladder_spec, ladder_outcome = _next_step(ctx, rule_spec, trace)
+    screen = _screen_unread(ctx)
+    withheld: str | None = None
+    if screen and next_step in data["suggestions"] and not any(f.level == "block" for f in ctx.flags):
+        withheld, next_step = next_step, str(ctx.dependencies["red_flags"]["step_instead"])
+        trace.append(
+            {
+                "stage": "next_step",
+                "rule": "red-flag-screen-incomplete",
+                "op": "unavailable",
+                "value": True,
+                "detail": f"{withheld} withheld, not read: {ctx.unread_text(screen)}",
+                "evidence": [],
+                "criteria": ctx.criteria.version,
+            }
+        )
+    inputs = _unread_inputs(ctx) if isinstance(rule_spec["next_step"], dict) else []
+
+    used: set[str] = set()
+    for result in ctx.findings.values():
+        used.update(result.evidence)
+    for flag in ctx.flags:
+        used.update(flag.evidence)
+    for dx in differentials:
+        used.update(dx["evidence"])
+    if ctx.pain is not None:
+        used.add(ctx.pain.fact.ref)
+    used.update(outcome.evidence)
+    if ladder_outcome is not None:
+        used.update(ladder_outcome.evidence)
+
+    site_concept = _nodule_site(ctx)
+    site_text = fj.concept_label(site_concept) if site_concept else data["site_unknown_text"]
+    suggestion = None if screen else _suggestion(ctx, next_step, site_concept, site_text, ladder_outcome)
+    if suggestion is not None:
+        used.update(suggestion["reason_references"])
+
+    resources = {**facts.resources, record.patient_reference: record.patient}
+    sources = [
+        {"reference": ref, "version_id": fj.version_id(resources[ref]) if ref in resources else None}
+        for ref in sorted(used)
+    ]
+    reasons = {**ctx.rejected, **facts.ignored}  # resource-level reasons take precedence
+    ignored = [
+        {"reference": ref, "reason": reason} for ref, reason in sorted(reasons.items()) if ref not in used
+    ]
+
+    findings_json = {
+        spec["id"]: {
+            "status": ctx.findings[spec["id"]].status,
+            "evidence": list(ctx.findings[spec["id"]].evidence),
+            "reason": ctx.findings[spec["id"]].reason,
+            "title": spec["title"],
+        }
+        for spec in data["findings"]
+    }
+    latest = None
+    if ctx.pain is not None:
+        when = ctx.pain.fact.when
+        latest = {
+            "score": _num(ctx.pain.score),
+            "reference": ctx.pain.fact.ref,
+            "time": when.text if when else None,
+        }
+
+    return Assessment(
+        classification=classification,
+        next_step=next_step,
+        headline=_headline(ctx, classification, rule_spec, next_step, site_text, withheld),
+        patient=record.patient_reference,
+        as_of=as_of.isoformat().replace("+00:00", "Z"),
+        criteria={"url": criteria.url, "version": criteria.version, "title": criteria.title},
+        findings=findings_json,
+        red_flags=[
+            {"id": f.id, "level": f.level, "title": f.title, "evidence": list(f.evidence), "reason": f.reason}
+            for f in ctx.flags
+        ],
+        differentials=differentials,
+        missing=_missing(ctx, next_step, ladder_spec, inputs),
+        procedure_suggestion=suggestion,
+        latest_pain=latest,
+        rationale=_rationale(
+            ctx, rule_spec, outcome, ladder_spec, ladder_outcome, differentials, withheld, inputs
+        ),
+        summary=_summary(ctx),
+        ignored=ignored,
+        sources=sources,
+        counts={"resources": count, "used": len(sources), "ignored": len(ignored)},
+        unavailable=[
+            {"resource_type": rtype, "reason": reason} for rtype, reason in sorted(record.unavailable.items())
+        ],
+        trace=tuple(trace),
+    )
+
+
+def _honour_unavailable(ctx: Context, spec: Mapping[str, Any], result: FindingResult) -> FindingResult:
+    """A finding whose source types could not be read may be present, never absent (criteria
+    ``data_dependencies``, decision 'unavailable-findings')."""
+    deps = ctx.dependencies.get("findings", {}).get(spec["id"], {})
+    unread = ctx.unread(deps.get("types", ()))
+    if not unread or result.status == PRESENT:
+        return result
+    text = ctx.unread_text(unread)
+    if result.status == ABSENT:
+        if result.evidence:
+            reason = f"{result.reason}; but {text} could not be read and may record it present"
+        else:
+            reason = f"{text} could not be read: absence cannot be established"
+    else:
+        reason = f"{result.reason}; {text} could not be read"
+    return FindingResult(
+        UNKNOWN, result.evidence, reason, result.deciding, result.support, result.conflict, unread
+    )
+
+
+def _screen_unread(ctx: Context) -> tuple[str, ...]:
+    """Source types of the red-flag screen that could not be read (empty: the screen is complete)."""
+    return ctx.unread(ctx.dependencies.get("red_flags", {}).get("types", ()))
+
+
+def _unread_inputs(ctx: Context) -> list[UnknownInput]:
+    """Treatment-ladder inputs that are unknown: (name, spec, unread text)."""
+    out = []
+    for name, spec in sorted(ctx.dependencies.get("ladder", {}).items()):
+        why = ctx.input_unknown(name)
+        if why:
+            out.append((name, spec, why))
+    return out
+
+
+def _num(value: float) -> int | float:
+    return int(value) if float(value).is_integer() else value
+
+
+def _classify(ctx: Context, trace: list[dict[str, Any]]) -> tuple[str, Mapping[str, Any], Outcome]:
+    for position, rule in enumerate(ctx.data["classification"], start=1):
+        outcome = ctx.evaluate(rule["when"])
+        trace.append(
+            {
+                "stage": "classification",
+                "rule": rule["id"],
+                "position": position,
+                "op": rule["when"]["op"],
+                "value": outcome.value,
+                "detail": outcome.detail,
+                "evidence": list(outcome.evidence),
+                "criteria": ctx.criteria.version,
+            }
+        )
+        if outcome.value:
+            return str(rule["id"]), rule, outcome
+    raise CriteriaError("no classification rule applied (the last rule must be 'always')")
+
+
+def _next_step(
+    ctx: Context, rule: Mapping[str, Any], trace: list[dict[str, Any]]
+) -> tuple[str, Mapping[str, Any] | None, Outcome | None]:
+    spec = rule["next_step"]
+    if isinstance(spec, str):
+        return spec, None, None
+    if isinstance(spec, dict) and spec.get("use") == "treatment_ladder":
+        steps = ctx.data["treatment_ladder"]
+    else:
+        steps = spec
+    for step in steps:
+        cond = step.get("when", {"op": "always"})
+        outcome = ctx.evaluate(cond)
+        trace.append(
+            {
+                "stage": "next_step",
+                "rule": step.get("id", step["step"]),
+                "op": cond["op"],
+                "value": outcome.value,
+                "detail": outcome.detail,
+                "evidence": list(outcome.evidence),
+                "criteria": ctx.criteria.version,
+            }
+        )
+        if outcome.value:
+            return str(step["step"]), (step if "id" in step else None), (outcome if "id" in step else None)
+    raise CriteriaError(f"no next step applied for {rule['id']}")
+
+
+def _differentials(ctx: Context) -> list[dict[str, Any]]:
+    """Differentials: current Conditions (any verification) or present Observations in the exam window."""
+    active = set(ctx.data["reading"]["condition_clinical_active"])
+    out = []
+    for spec in ctx.data["differentials"]:
+        refs = set()
+        for fact in ctx.facts.of(spec["valueset"]):
+            if fact.rtype == "Condition" and (fact.clinical is None or fact.clinical in active):
+                refs.add(fact.ref)
+            elif (
+                fact.rtype == "Observation"
+                and fact.polarity == PRESENT
+                and not fact.preliminary
+                and ctx.within(fact, "exam")
+            ):
+                refs.add(fact.ref)
+        if refs:
+            out.append({"id": spec["id"], "title": spec["title"], "evidence": sorted(refs)})
+    return sorted(out, key=lambda d: d["id"])
+
+
+def _nodule_site(ctx: Context) -> dict[str, Any] | None:
+    """The bodySite that TYPICAL_SITE judged (the nodule's site), if any."""
+    for spec in ctx.data["findings"]:
+        if spec["rule"] == "site_of":
+            result = ctx.findings[spec["id"]]
+            for fact in result.deciding:
+                sites = fj.body_sites(fact.resource)
+                if sites:
+                    return sites[0]
+    return None
+
+
+def _suggestion(
+    ctx: Context, step: str, site: dict[str, Any] | None, site_text: str, ladder: Outcome | None
+) -> dict[str, Any] | None:
+    spec = ctx.data["suggestions"].get(step)
+    if spec is None or any(f.level == "block" for f in ctx.flags):
+        return None
+    term = ctx.criteria.terminology
+    codes = [
+        {"system": c["system"], "code": c["code"], "display": term.display(c["system"], c["code"]) or ""}
+        for c in spec["codes"]
+    ]
+    body_site: dict[str, Any] = {"text": site_text}
+    if site is not None:
+        coding = [
+            {k: c[k] for k in ("system", "code", "display") if isinstance(c.get(k), str)}
+            for c in fj.as_list(site.get("coding"))
+            if isinstance(c, dict)
+        ]
+        if coding:
+            body_site = {"coding": coding, "text": site_text}
+    refs: set[str] = set()
+    for fid, result in ctx.findings.items():
+        if result.status == PRESENT and fid != "NEURO_DEFICIT":
+            refs.update(result.evidence)
+    if ladder is not None:
+        refs.update(ladder.evidence)
+    return {
+        "kind": step,
+        "codes": codes,
+        "text": spec["text"].format(site=site_text),
+        "body_site": body_site,
+        "caveat": spec["caveat"],
+        "reason_references": sorted(refs),
+    }
+
+
+def _headline(
+    ctx: Context, classification: str, rule: Mapping[str, Any], step: str, site: str, withheld: str | None
+) -> str:
+    data = ctx.data
+    flags = "; ".join(f.title for f in ctx.flags if f.level == "block")
+    why = "; ".join(
+        spec.get("absent_text", spec["id"])
+        for spec in data["findings"]
+        if ctx.findings[spec["id"]].status == "absent" and spec["id"] in _finding_ids(rule["when"])
+    )
+    headline = str(
+        data["headlines"][classification].format(flags=flags, why=why, site=site, step=data["steps"][step])
+    )
+    screen = _screen_unread(ctx)
+    if screen and classification != "red-flags":
+        spec = ctx.dependencies["red_flags"]
+        template = spec["headline_withheld"] if withheld else spec["headline"]
+        headline = template.format(headline=headline, types=", ".join(screen))
+    return headline
+
+
+def _finding_ids(cond: Mapping[str, Any]) -> set[str]:
+    ids = {cond["id"]} if cond.get("op") == "finding" else set()
+    for sub in cond.get("of", []) if isinstance(cond.get("of"), list) else []:
+        ids |= _finding_ids(sub)
+    return ids
+
+
+def _criteria_lists(ctx: Context) -> tuple[list[str], list[str], list[str]]:
+    met, not_met, unknown = [], [], []
+    for spec in ctx.data["findings"]:
+        status = ctx.findings[spec["id"]].status
+        label = spec["criterion"]
+        if status == UNKNOWN:
+            unknown.append(label)
+        elif status == spec["met_when"]:
+            met.append(label)
+        else:
+            not_met.append(label)
+    return met, not_met, unknown
+
+
+def _summary(ctx: Context) -> str:
+    text = ctx.data["summary"]
+    met, not_met, unknown = _criteria_lists(ctx)
+    parts = [
+        text["opening"],
+        text["criteria"].format(
+            met=", ".join(met) or "none",
+            not_met=", ".join(not_met) or "none",
+            unknown=", ".join(unknown) or "none",
+        ),
+        text["caveat"],
+        text["confirm"],
+    ]
+    block = [f"{f.title} ({f.source})" for f in ctx.flags if f.level == "block"]
+    warn = [f"{f.title} ({f.source})" for f in ctx.flags if f.level == "warn"]
+    if ctx.record.unavailable:
+        parts.append(text["unavailable"].format(unread=ctx.unread_text(ctx.record.unavailable)))
+    if _screen_unread(ctx) and not block:
+        parts.append(text["screen"])
+    if block:
+        parts.append(text["withheld"].format(flags="; ".join(block)))
+    if warn:
+        parts.append(text["warn"].format(flags="; ".join(warn)))
+    return " ".join(parts)
+
+
+def _rationale(
+    ctx: Context,
+    rule: Mapping[str, Any],
+    outcome: Outcome,
+    ladder: Mapping[str, Any] | None,
+    ladder_outcome: Outcome | None,
+    differentials: list[dict[str, Any]],
+    withheld: str | None,
+    inputs: list[UnknownInput],
+) -> list[str]:
+    position = [r["id"] for r in ctx.data["classification"]].index(rule["id"]) + 1
+    lines = [
+        f"{rule['rationale']} (rule {position} '{rule['id']}': {outcome.detail}; "
+        f"criteria {ctx.criteria.version})"
+    ]
+    if ladder is not None and ladder_outcome is not None:
+        text = ladder["rationale"]
+        for name, _, _ in inputs:
+            text = ladder.get("rationale_if_unknown", {}).get(name, text)
+        lines.append(f"{text} (treatment ladder '{ladder['id']}': {ladder_outcome.detail})")
+    for _, spec, why in inputs:
+        lines.append(spec["rationale"].format(unread=why))
+    screen = _screen_unread(ctx)
+    if screen:
+        deps = ctx.dependencies["red_flags"]
+        unread = ctx.unread_text(screen)
+        if withheld:
+            lines.append(deps["rationale_withheld"].format(unread=unread, step=ctx.data["steps"][withheld]))
+        else:
+            lines.append(deps["rationale"].format(unread=unread))
+    for flag in ctx.flags:
+        if flag.level == "block":
+            lines.append(f"Red flag {flag.id} ({flag.title}): {flag.reason}. Procedure suggestion withheld.")
+        else:
+            lines.append(
+                f"Warning {flag.id} ({flag.title}): {flag.reason}. Shown for review; the suggestion stays."
+            )
+    for fid, result in sorted(ctx.findings.items()):
+        if result.conflict or result.unread:
+            lines.append(f"{fid} is unknown: {result.reason}.")
+    if differentials:
+        titles = ", ".join(d["title"] for d in differentials)
+        lines.append(f"Differentials recorded: {titles}. {ctx.data['differentials_note']}")
+    return lines
+
+
+def _missing(
+    ctx: Context, step: str, ladder: Mapping[str, Any] | None, inputs: list[UnknownInput]
+) -> list[dict[str, str]]:
+    guide = ctx.data["missing"]
+    out = []
+    for spec in ctx.data["findings"]:
+        result: FindingResult = ctx.findings[spec["id"]]
+        if result.status == UNKNOWN and spec["id"] in guide:
+            what = guide[spec["id"]]["what"]
+            if result.conflict:
+                what = f"{what} (records conflict: re-examine and record once)"
+            if result.unread:
+                what = f"{what}: {ctx.unread_text(result.unread)} could not be read"
+            out.append({"finding": spec["id"], "what": what, "how": guide[spec["id"]]["how"]})
+    if ladder is not None and ladder.get("when", {}).get("op") == "no_latest_pain" and "PAIN_SCORE" in guide:
+        out.append({"finding": "PAIN_SCORE", **guide["PAIN_SCORE"]})
+    for _, spec, why in inputs:
+        types = ", ".join(ctx.unread(spec["types"]))
+        out.append(
+            {
+                "finding": str(spec["missing"]["id"]),
+                "what": spec["missing"]["what"].format(unread=why),
+                "how": spec["missing"]["how"].format(types=types),
+            }
+        )
+    screen = _screen_unread(ctx)
+    if screen:
+        text = ctx.dependencies["red_flags"]["missing"]
+        out.append(
+            {
+                "finding": str(text["id"]),
+                "what": text["what"].format(unread=ctx.unread_text(screen)),
+                "how": text["how"].format(types=", ".join(screen)),
+            }
+        )
+    return out
+
+
+def criteria_for(version: str, registry: CriteriaRegistry | None = None) -> Criteria:
+    return (registry or default_registry()).get(version)

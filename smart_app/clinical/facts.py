@@ -1,0 +1,440 @@
+"""One linear pass over a patient's resources: keep what the criteria can use, say why the rest is ignored.
+
+Reading rules: CLINICAL.md "Reading the record"; clinical-evidence.md §5.1 (Condition), §5.2 (Observation),
+§5.3 (medications). Each usable coded element becomes a ``Fact`` filed under every criteria ValueSet its
+code belongs to; rules later decide what each fact means.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from smart_app.clinical import fhirjson as fj
+from smart_app.clinical.criteria import Criteria, valueset_urls
+from smart_app.clinical.fhirjson import When
+from smart_app.clinical.record import PatientRecord
+
+_MIN = datetime.min.replace(tzinfo=UTC)
+READ_TYPES = ("Observation", "Condition", "Procedure", "MedicationStatement", "MedicationRequest")
+SYSTEM_LABELS = {
+    "http://snomed.info/sct": "SNOMED",
+    "http://hl7.org/fhir/sid/icd-10-cm": "ICD-10-CM",
+    "http://loinc.org": "LOINC",
+    "http://www.nlm.nih.gov/research/umls/rxnorm": "RxNorm",
+    "http://www.ama-assn.org/go/cpt": "CPT",
+}
+
+
+@dataclass(slots=True)
+class Fact:
+    """A coded element of one resource that belongs to at least one criteria ValueSet."""
+
+    ref: str
+    rtype: str
+    valuesets: frozenset[str]
+    code_key: str
+    label: str
+    when: When | None = None
+    polarity: str | None = None  # "present" | "absent" | None (says nothing)
+    note: str | None = None  # why it says nothing
+    status: str | None = None
+    preliminary: bool = False
+    clinical: str | None = None
+    verification: str | None = None
+    element: Mapping[str, Any] = field(default_factory=dict)  # the Observation or component carrying value[x]
+    resource: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def sort_time(self) -> datetime:
+        """Ordering time ("newest wins"); undated facts sort oldest."""
+        return self.when.start if self.when else _MIN
+
+
+@dataclass(slots=True)
+class Facts:
+    by_valueset: dict[str, list[Fact]]
+    ignored: dict[str, str]  # ref -> first reason
+    resources: dict[str, Mapping[str, Any]]  # ref -> resource (for versionId)
+
+    def of(self, url: str, rtype: str | None = None) -> list[Fact]:
+        found = self.by_valueset.get(url, [])
+        return found if rtype is None else [f for f in found if f.rtype == rtype]
+
+    def ignore(self, ref: str, reason: str) -> None:
+        self.ignored.setdefault(ref, reason)
+
+
+def _label(system: str, code: str, criteria: Criteria, concept: object) -> str:
+    """``SNOMED 95325000 Subcutaneous nodule``: the coding's display, else ours, else the concept text."""
+    name = SYSTEM_LABELS.get(system, system.rsplit("/", 1)[-1])
+    display = fj.coding_display(concept, system, code) or criteria.terminology.display(system, code)
+    display = display or fj.concept_text(concept) or ""
+    return f"{name} {code} {display}".strip()
+
+
+# Elements the rules read; a kept resource is slimmed to these (notes, performers, ranges are dropped).
+_KEEP = frozenset(
+    {
+        "resourceType",
+        "id",
+        "meta",
+        "status",
+        "code",
+        "bodySite",
+        "component",
+        "dataAbsentReason",
+        "effectiveDateTime",
+        "effectiveInstant",
+        "effectivePeriod",
+        "issued",
+        "clinicalStatus",
+        "verificationStatus",
+        "onsetDateTime",
+        "onsetPeriod",
+        "recordedDate",
+        "abatementDateTime",
+        "abatementPeriod",
+        "performedDateTime",
+        "performedPeriod",
+        "subject",
+    }
+)
+
+
+def _slim(res: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in res.items() if k in _KEEP or k.startswith("value")}
+
+
+class Extractor:
+    """Feed resources one at a time (``feed``), then ``finish`` with the launched patient's record.
+
+    Only the resources a rule can use are kept (slimmed), so a streamed Bundle is never held whole.
+    """
+
+    def __init__(self, as_of: datetime, criteria: Criteria) -> None:
+        self.count = 0
+        self.subjects: dict[str, str] = {}
+        self.as_of = as_of
+        self.criteria = criteria
+        self.term = criteria.terminology
+        self.relevant = frozenset(valueset_urls(criteria.data))
+        reading = criteria.data["reading"]
+        self.present_vs: str = reading["present_valueset"]
+        self.absent_vs: str = reading["absent_valueset"]
+        self.use_status = frozenset(reading["observation_status_use"])
+        self.listed_status = frozenset(reading["observation_status_listed"])
+        self.drop_verification = frozenset(reading["condition_verification_drop"])
+        # ValueSets whose codes may also arrive as an Observation's value (value = finding pattern)
+        value_sets: set[str] = set()
+        for f in criteria.data["findings"]:
+            value_sets.update(o["valueset"] for o in f.get("observations", []))
+        value_sets.update(r["valueset"] for r in criteria.data["red_flags"] if "valueset" in r)
+        value_sets.update(d["valueset"] for d in criteria.data["differentials"])
+        value_sets.difference_update({self.present_vs, self.absent_vs})
+        self.value_sets = frozenset(value_sets)
+        self.facts = Facts(by_valueset={}, ignored={}, resources={})
+        self._seen: dict[str, tuple[str, int, str]] = {}
+
+    # -- helpers -------------------------------------------------------------------------------------
+    def matched(self, concept: object, only: frozenset[str] | None = None) -> tuple[frozenset[str], str, str]:
+        """Criteria ValueSets of a CodeableConcept's codings, the first matching ``system|code``, a label."""
+        urls: set[str] = set()
+        key = ""
+        label = ""
+        pool = self.relevant if only is None else only
+        for system, code in fj.codings(concept):
+            hit = self.term.match(system, code) & pool
+            if hit:
+                urls |= hit
+                if not key:
+                    key = f"{system}|{code}"
+                    label = _label(system, code, self.criteria, concept)
+        return frozenset(urls), key, label
+
+    def add(self, fact: Fact) -> None:
+        for url in fact.valuesets:
+            self.facts.by_valueset.setdefault(url, []).append(fact)
+
+    def future(self, when: When | None) -> bool:
+        return when is not None and when.start > self.as_of
+
+    # -- per resource ----------------------------------------------------------------------------------
+    def feed(self, res: Any) -> None:
+        self.count += 1
+        try:
+            self.one(res)
+        except Exception as exc:  # noqa: BLE001 - one malformed resource never fails an assessment
+            ref = fj.reference(res) if isinstance(res, dict) else None
+            ref = ref or "(resource without id)"
+            self._drop(ref)
+            self.facts.ignored[ref] = f"malformed: {type(exc).__name__}"
+
+    def finish(self, record: PatientRecord) -> Facts:
+        """Apply the subject check (CLINICAL.md: another patient's resource is ignored and reported)."""
+        foreign = {ref for ref, subject in self.subjects.items() if not record.subject_matches(subject)}
+        if foreign:
+            for url, facts in self.facts.by_valueset.items():
+                self.facts.by_valueset[url] = [f for f in facts if f.ref not in foreign]
+            for ref in foreign:
+                self.facts.resources.pop(ref, None)
+                self.facts.ignored[ref] = "subject is not the launched patient"
+        return self.facts
+
+    def one(self, res: Any) -> None:
+        if not isinstance(res, dict):
+            self.facts.ignore("(not a resource)", "malformed: entry resource is not an object")
+            return
+        rtype = res.get("resourceType")
+        if not isinstance(rtype, str) or not rtype:
+            self.facts.ignore(
+                fj.as_str(res.get("id")) or "(resource without id)", "malformed: no resourceType"
+            )
+            return
+        ref = fj.reference(res)
+        if ref is None:
+            self.facts.ignore(f"{rtype}/(no id)", "malformed: no id")
+            return
+        if rtype not in READ_TYPES:
+            self.facts.ignore(ref, f"resourceType {rtype} is not read by the criteria")
+            return
+        subject = fj.subject_ref(res)
+        if subject is None:
+            self.facts.ignore(ref, "no subject")
+            return
+        self.subjects[ref] = subject
+        key = self._version_key(res)
+        if ref in self._seen:
+            old = self.facts.resources.get(ref)
+            if not self._newer(key, res, self._seen[ref], old):
+                self.facts.ignore(ref, "duplicate entry (an equal or newer version is used)")
+                return
+            self._drop(ref)
+        self._seen[ref] = key
+        if not self._coded(res, rtype):
+            self.facts.ignore(ref, "malformed: no coded code (nothing the criteria can read)")
+            return
+        getattr(self, f"_{rtype}")(res, ref)
+
+    @staticmethod
+    def _coded(res: Mapping[str, Any], rtype: str) -> bool:
+        """The element the criteria read is coded (Observation.code is required in R4; components count)."""
+        if rtype.startswith("Medication"):
+            return any(True for _ in fj.codings(fj.medication_concept(res)))
+        if any(True for _ in fj.codings(res.get("code"))):
+            return True
+        components = [c for c in fj.as_list(res.get("component")) if isinstance(c, dict)]
+        return rtype == "Observation" and any(
+            any(True for _ in fj.codings(c.get("code"))) for c in components
+        )
+
+    @staticmethod
+    def _version_key(res: Mapping[str, Any]) -> tuple[str, int, str]:
+        meta = fj.as_dict(res.get("meta")) or {}
+        vid = fj.as_str(meta.get("versionId")) or ""
+        return (fj.as_str(meta.get("lastUpdated")) or "", int(vid) if vid.isdigit() else -1, vid)
+
+    @staticmethod
+    def _newer(
+        key: tuple[str, int, str], res: Mapping[str, Any], old_key: tuple[str, int, str], old: object
+    ) -> bool:
+        """Duplicate ``Type/id``: keep the newer meta.lastUpdated/versionId; ties by content (order-free)."""
+        if key != old_key:
+            return key > old_key
+        if not isinstance(old, dict):
+            return False
+        opt = orjson.OPT_SORT_KEYS
+        return orjson.dumps(_slim(res), option=opt) > orjson.dumps(old, option=opt)
+
+    def _drop(self, ref: str) -> None:
+        for url, facts in self.facts.by_valueset.items():
+            self.facts.by_valueset[url] = [f for f in facts if f.ref != ref]
+        self.facts.ignored.pop(ref, None)
+        self.facts.resources.pop(ref, None)
+
+    # -- Observation (clinical-evidence.md §5.2) -------------------------------------------------------
+    def _Observation(self, obs: dict[str, Any], ref: str) -> None:
+        elements: list[tuple[frozenset[str], str, str, Mapping[str, Any], bool]] = []
+        urls, key, label = self.matched(obs.get("code"))
+        if urls:
+            elements.append((urls, key, label, obs, False))
+        for comp in fj.as_list(obs.get("component")):
+            if isinstance(comp, dict):
+                c_urls, c_key, c_label = self.matched(comp.get("code"))
+                if c_urls:
+                    elements.append((c_urls, c_key, c_label, comp, False))
+        if not elements and "valueCodeableConcept" in obs:
+            # pattern: code = a generic exam finding, value = the finding code (HL7 Symptoms IG)
+            v_urls, v_key, v_label = self.matched(obs["valueCodeableConcept"], self.value_sets)
+            if v_urls:
+                elements.append((v_urls, v_key, v_label, obs, True))
+        if not elements:
+            return
+        slim = self.facts.resources[ref] = _slim(obs)
+        status = fj.as_str(obs.get("status"))
+        preliminary = status in self.listed_status
+        if not preliminary and status not in self.use_status:
+            self.facts.ignore(ref, f"status {status or 'missing'}")
+            return
+        if "focus" in obs:
+            self.facts.ignore(ref, "Observation has a focus (it is about something other than the patient)")
+            return
+        try:
+            when = fj.observation_time(obs)
+        except fj.BadTime as exc:
+            self.facts.ignore(ref, f"malformed: {exc}")
+            return
+        if when is not None and self.future(when):
+            self.facts.ignore(ref, f"dated after the evaluation time ({when.text})")
+            return
+        for urls, key, label, element, value_is_code in elements:
+            polarity, note = ("present", None) if value_is_code else self.polarity(element)
+            self.add(
+                Fact(
+                    ref=ref,
+                    rtype="Observation",
+                    valuesets=urls,
+                    code_key=key,
+                    label=label,
+                    when=when,
+                    polarity=polarity,
+                    note=note,
+                    status=status,
+                    preliminary=preliminary,
+                    element=slim if element is obs else element,
+                    resource=slim,
+                )
+            )
+
+    def polarity(self, element: Mapping[str, Any]) -> tuple[str | None, str | None]:
+        """Present/Absent of a finding from ``value[x]`` (clinical-evidence.md §5.2 'Negation')."""
+        dar = element.get("dataAbsentReason")
+        if dar is not None:
+            return None, f"dataAbsentReason {fj.status_code(dar) or fj.concept_label(dar) or 'given'}"
+        if "valueCodeableConcept" in element:
+            codes = list(fj.codings(element["valueCodeableConcept"]))
+            if any(self.term.contains(self.present_vs, s, c) for s, c in codes):
+                return "present", None
+            if any(self.term.contains(self.absent_vs, s, c) for s, c in codes):
+                return "absent", None
+            return None, "value is neither Present nor Absent"
+        if "valueBoolean" in element:
+            value = element["valueBoolean"]
+            if isinstance(value, bool):
+                return ("present" if value else "absent"), None
+            return None, "malformed valueBoolean"
+        if any(k.startswith("value") for k in element):
+            return None, "value of another type (a number, text...)"
+        return "present", None
+
+    # -- Condition (clinical-evidence.md §5.1) ------------------------------------------------------------
+    def _Condition(self, cond: dict[str, Any], ref: str) -> None:
+        urls, key, label = self.matched(cond.get("code"))
+        if not urls:
+            return
+        slim = self.facts.resources[ref] = _slim(cond)
+        verification = fj.status_code(cond.get("verificationStatus"))
+        if verification in self.drop_verification:
+            self.facts.ignore(ref, f"verificationStatus {verification}")
+            return
+        try:
+            onset = fj.condition_onset(cond)
+            recorded = fj.parse_time(cond.get("recordedDate"))
+            abated = fj.condition_abatement(cond)
+        except fj.BadTime as exc:
+            self.facts.ignore(ref, f"malformed: {exc}")
+            return
+        for when in (onset, recorded):
+            if self.future(when):
+                assert when is not None
+                self.facts.ignore(ref, f"dated after the evaluation time ({when.text})")
+                return
+        clinical = fj.status_code(cond.get("clinicalStatus"))
+        if clinical is None and abated is not None and abated.start <= self.as_of:
+            clinical = "inactive"  # con-4: an abated Condition is inactive/resolved/remission
+        self.add(
+            Fact(
+                ref=ref,
+                rtype="Condition",
+                valuesets=urls,
+                code_key=key,
+                label=label,
+                when=onset,
+                clinical=clinical,
+                verification=verification,
+                resource=slim,
+            )
+        )
+
+    # -- Procedure / medications ----------------------------------------------------------------------
+    def _Procedure(self, proc: dict[str, Any], ref: str) -> None:
+        urls, key, label = self.matched(proc.get("code"))
+        if not urls:
+            return
+        slim = self.facts.resources[ref] = _slim(proc)
+        try:
+            when = fj.procedure_time(proc)
+        except fj.BadTime as exc:
+            self.facts.ignore(ref, f"malformed: {exc}")
+            return
+        if self.future(when):
+            assert when is not None
+            self.facts.ignore(ref, f"dated after the evaluation time ({when.text})")
+            return
+        self.add(
+            Fact(
+                ref=ref,
+                rtype="Procedure",
+                valuesets=urls,
+                code_key=key,
+                label=label,
+                when=when,
+                status=fj.as_str(proc.get("status")),
+                resource=slim,
+            )
+        )
+
+    def _medication(self, med: dict[str, Any], ref: str, rtype: str) -> None:
+        urls, key, label = self.matched(fj.medication_concept(med))
+        if not urls:
+            return
+        slim = self.facts.resources[ref] = _slim(med)
+        try:
+            when = fj.medication_time(med)
+        except fj.BadTime as exc:
+            self.facts.ignore(ref, f"malformed: {exc}")
+            return
+        if self.future(when):
+            assert when is not None
+            self.facts.ignore(ref, f"dated after the evaluation time ({when.text})")
+            return
+        self.add(
+            Fact(
+                ref=ref,
+                rtype=rtype,
+                valuesets=urls,
+                code_key=key,
+                label=label,
+                when=when,
+                status=fj.as_str(med.get("status")),
+                resource=slim,
+            )
+        )
+
+    def _MedicationStatement(self, med: dict[str, Any], ref: str) -> None:
+        self._medication(med, ref, "MedicationStatement")
+
+    def _MedicationRequest(self, med: dict[str, Any], ref: str) -> None:
+        self._medication(med, ref, "MedicationRequest")
+
+
+def extract(record: PatientRecord, as_of: datetime, criteria: Criteria) -> Facts:
+    """Facts of ``record`` at evaluation time ``as_of`` (timezone-aware), in one pass."""
+    extractor = Extractor(as_of, criteria)
+    for res in record.resources:
+        extractor.feed(res)
+    return extractor.finish(record)

@@ -1,0 +1,753 @@
+"""Pure rules of the criteria engine, each one function with one signature, collected in dicts.
+
+- ``FINDING_RULES[name](ctx, spec) -> FindingResult``: a finding of CLINICAL.md "Findings".
+- ``FLAG_RULES[name](ctx, spec) -> FlagResult | None``: a red flag of CLINICAL.md "Red flags".
+- ``OPERATORS[op](ctx, params) -> Outcome``: the conditions of "Classification" and the treatment ladder,
+  combined with ``all`` / ``any`` / ``not``.
+Each result carries the references that decided it and the reason in words, so the engine can explain.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from smart_app.clinical import fhirjson as fj
+from smart_app.clinical.criteria import Criteria, CriteriaError
+from smart_app.clinical.facts import Fact, Facts
+from smart_app.clinical.record import PatientRecord
+
+PRESENT, ABSENT, UNKNOWN = "present", "absent", "unknown"
+
+
+@dataclass(frozen=True)
+class FindingResult:
+    status: str
+    evidence: tuple[str, ...]
+    reason: str
+    deciding: tuple[Fact, ...] = ()  # facts that made it present/absent (newest first)
+    support: tuple[Fact, ...] = ()  # every fact that says "present", newest first
+    conflict: bool = False
+    unread: tuple[str, ...] = ()  # source types that could not be read and made it unknown
+
+
+@dataclass(frozen=True)
+class FlagResult:
+    id: str
+    level: str
+    title: str
+    evidence: tuple[str, ...]
+    reason: str
+    source: str
+
+
+@dataclass(frozen=True)
+class Pain:
+    score: float
+    fact: Fact
+
+
+@dataclass(frozen=True)
+class Outcome:
+    value: bool
+    detail: str
+    evidence: tuple[str, ...] = ()
+
+
+@dataclass
+class Context:
+    """Everything a rule may read. Rules only add to ``rejected`` (fact-level reasons for ``ignored``)."""
+
+    criteria: Criteria
+    facts: Facts
+    record: PatientRecord
+    as_of: datetime
+    findings: dict[str, FindingResult] = field(default_factory=dict)
+    flags: list[FlagResult] = field(default_factory=list)
+    pain: Pain | None = None
+    rejected: dict[str, str] = field(default_factory=dict)
+    unknown_inputs: dict[str, str | None] = field(default_factory=dict)  # ladder input -> unread text
+
+    @property
+    def data(self) -> Mapping[str, Any]:
+        return self.criteria.data
+
+    def reject(self, fact: Fact, reason: str) -> None:
+        self.rejected.setdefault(fact.ref, reason)
+
+    def within(self, fact: Fact, window: str) -> bool:
+        days = self.criteria.window(window)
+        return fact.when is not None and fact.when.last >= self.as_of - timedelta(days=days)
+
+    def window_reason(self, window: str, what: str = "") -> str:
+        return f"older than the {self.criteria.window(window)}-day {what or window} window"
+
+    def outside(self, fact: Fact, window: str, what: str = "") -> str | None:
+        """Why ``fact`` is outside ``window`` (undated, or too old), or ``None`` when inside."""
+        if fact.when is None:
+            return "no effective time or issued date"
+        return None if self.within(fact, window) else self.window_reason(window, what)
+
+    def evaluate(self, cond: Mapping[str, Any]) -> Outcome:
+        """Evaluate a condition. A false condition marked ``input`` whose sources could not be read is
+        unknown; it stays false (the ladder never escalates on an unknown history) and says why."""
+        op = cond.get("op")
+        if not isinstance(op, str) or op not in OPERATORS:
+            raise CriteriaError(f"unknown operator {op!r}")
+        outcome = OPERATORS[op](self, cond)
+        name = cond.get("input")
+        if isinstance(name, str) and not outcome.value:
+            why = self.input_unknown(name)
+            if why:
+                return Outcome(False, f"{outcome.detail}, unknown: {why} not read", outcome.evidence)
+        return outcome
+
+    # -- resource types that could not be read (PatientRecord.unavailable) ------------------------
+    @property
+    def dependencies(self) -> Mapping[str, Any]:
+        deps = self.criteria.data.get("data_dependencies")
+        return deps if isinstance(deps, dict) else {}
+
+    def unread(self, types: Iterable[str]) -> tuple[str, ...]:
+        """Those of ``types`` that could not be read, sorted."""
+        unavailable = self.record.unavailable
+        return tuple(sorted({t for t in types if t in unavailable}))
+
+    def unread_text(self, types: Iterable[str]) -> str:
+        """``Condition (scope not granted), Observation (read failed: 503)``."""
+        return ", ".join(f"{t} ({self.record.unavailable[t]})" for t in self.unread(types))
+
+    def input_unknown(self, name: str) -> str | None:
+        """The unread sources of a ladder input (as text) when it is unknown, else ``None``.
+
+        Unknown: one of its source types could not be read and no record that was read shows it.
+        """
+        if name not in self.unknown_inputs:
+            spec = self.dependencies.get("ladder", {}).get(name)
+            if spec is None:
+                raise CriteriaError(f"ladder input {name!r} has no data_dependencies entry")
+            unread = self.unread(spec["types"])
+            positive = spec.get("positive")
+            known = not unread or (positive is not None and self.evaluate(positive).value)
+            self.unknown_inputs[name] = None if known else self.unread_text(unread)
+        return self.unknown_inputs[name]
+
+
+# -- shared reading helpers ------------------------------------------------------------------------
+def site_is_typical(ctx: Context, sites: Sequence[Mapping[str, Any]]) -> tuple[bool | None, str]:
+    """Typical-site rule (CLINICAL.md TYPICAL_SITE): coded in the ValueSet, or whole-word text match."""
+    if not sites:
+        return None, "no bodySite"
+    spec = ctx.data["typical_site"]
+    url = spec["valueset"]
+    pattern = _site_pattern(tuple(spec["text_patterns"]))
+    labels = []
+    for site in sites:
+        for system, code in fj.codings(site):
+            if ctx.criteria.terminology.contains(url, system, code):
+                return True, f"bodySite {fj.concept_label(site) or code} is a typical site (coded {code})"
+        text = fj.concept_text(site)
+        if text:
+            m = pattern.search(text)
+            if m:
+                return True, f"bodySite '{text}' names a typical site ('{m.group(0)}')"
+        labels.append(fj.concept_label(site) or "(uncoded)")
+    return False, f"bodySite '{'; '.join(labels)}' is not a typical site"
+
+
+_PATTERNS: dict[tuple[str, ...], re.Pattern[str]] = {}
+
+
+def _site_pattern(words: tuple[str, ...]) -> re.Pattern[str]:
+    pat = _PATTERNS.get(words)
+    if pat is None:
+        alternatives = "|".join(
+            re.escape(w).replace(r"\ ", r"\s+") for w in sorted(words, key=len, reverse=True)
+        )
+        pat = _PATTERNS[words] = re.compile(rf"\b(?:{alternatives})\b", re.IGNORECASE)
+    return pat
+
+
+def _sorted_refs(facts: Iterable[Fact]) -> tuple[str, ...]:
+    return tuple(sorted({f.ref for f in facts}))
+
+
+def _newest(facts: Sequence[Fact]) -> tuple[str, list[Fact]]:
+    """Newest-wins with the equal-time conflict rule: ``(present|absent|conflict, deciding facts)``."""
+    top_time = max(f.sort_time for f in facts)
+    top = sorted((f for f in facts if f.sort_time == top_time), key=lambda f: f.ref)
+    polarities = {f.polarity for f in top}
+    if len(polarities) > 1:
+        return "conflict", top
+    return str(polarities.pop()), top
+
+
+def _describe(fact: Fact) -> str:
+    parts = [fact.rtype, fact.label]
+    if fact.rtype == "Condition":
+        parts.append(fact.clinical or "no clinicalStatus")
+        parts.append(fact.verification or "verification not stated")
+    else:
+        if fact.polarity:
+            parts.append(fact.polarity)
+        if fact.when:
+            parts.append(fact.when.text)
+    return ", ".join(p for p in parts if p)
+
+
+def _usable_observations(ctx: Context, spec: Mapping[str, Any], window: str) -> list[Fact]:
+    out: list[Fact] = []
+    for src in spec.get("observations", []):
+        for fact in ctx.facts.of(src["valueset"], "Observation"):
+            if (
+                src.get("site") == "typical"
+                and site_is_typical(ctx, fj.body_sites(fact.resource))[0] is not True
+            ):
+                continue  # e.g. Tenderness elsewhere: not about the nodule
+            if fact.preliminary:
+                ctx.reject(fact, "status preliminary: listed, never decides")
+            elif ctx.outside(fact, window):
+                ctx.reject(fact, ctx.outside(fact, window) or "")
+            elif fact.polarity is None:
+                ctx.reject(fact, f"says nothing: {fact.note}")
+            else:
+                out.append(fact)
+    return out
+
+
+def _conditions(ctx: Context, spec: Mapping[str, Any] | None) -> tuple[list[Fact], list[Fact], list[Fact]]:
+    """(counting as present, unconfirmed but active, resolved) Conditions of a finding."""
+    if not spec:
+        return [], [], []
+    reading = ctx.data["reading"]
+    active = set(reading["condition_clinical_active"])
+    supporting = set(reading["condition_verification_supporting"])
+    present: list[Fact] = []
+    unconfirmed: list[Fact] = []
+    resolved: list[Fact] = []
+    for fact in ctx.facts.of(spec["valueset"], "Condition"):
+        if fact.clinical is not None and fact.clinical not in active:
+            resolved.append(fact)
+        elif (
+            spec.get("verification") == "any" or fact.verification is None or fact.verification in supporting
+        ):
+            present.append(fact)
+        else:
+            unconfirmed.append(fact)
+    return present, unconfirmed, resolved
+
+
+# -- finding rules ---------------------------------------------------------------------------------
+FindingRule = Callable[[Context, Mapping[str, Any]], FindingResult]
+
+
+def rule_exam(ctx: Context, spec: Mapping[str, Any]) -> FindingResult:
+    """Examination finding from Observations in the window and (optionally) Conditions.
+
+    ``combine: newest`` — the newest deciding resource wins; ``any_present`` — newest per code, and the
+    finding is present if any code is present (used for NEURO_DEFICIT, where any deficit matters).
+    """
+    window = spec.get("window", "exam")
+    observations = _usable_observations(ctx, spec, window)
+    cond_present, cond_unconfirmed, cond_resolved = _conditions(ctx, spec.get("conditions"))
+    for fact in cond_unconfirmed:
+        ctx.reject(fact, f"verificationStatus {fact.verification}: supporting findings need confirmed")
+    for fact in cond_resolved:
+        ctx.reject(fact, f"clinicalStatus {fact.clinical}")
+    for fact in cond_present:
+        fact.polarity = PRESENT
+    support = sorted(
+        [f for f in observations if f.polarity == PRESENT] + cond_present,
+        key=lambda f: (-f.sort_time.timestamp(), f.ref),
+    )
+
+    if spec.get("combine") == "any_present":
+        groups: dict[str, list[Fact]] = {}
+        for fact in observations:
+            groups.setdefault(fact.code_key, []).append(fact)
+        present: list[Fact] = list(cond_present)
+        absent: list[Fact] = []
+        conflicts: list[Fact] = []
+        for _, group in sorted(groups.items()):
+            verdict, top = _newest(group)
+            {"present": present, "absent": absent}.get(verdict, conflicts).extend(top)
+        if present:
+            return FindingResult(
+                PRESENT,
+                _sorted_refs(present),
+                "; ".join(sorted({_describe(f) for f in present})),
+                tuple(present),
+                tuple(support),
+            )
+        if conflicts:
+            return FindingResult(
+                UNKNOWN,
+                _sorted_refs(conflicts),
+                "conflict: records at the same time say present and absent",
+                tuple(conflicts),
+                conflict=True,
+            )
+        if absent:
+            return FindingResult(
+                ABSENT,
+                _sorted_refs(absent),
+                "recorded absent: " + "; ".join(sorted({_describe(f) for f in absent})),
+                tuple(absent),
+            )
+        return FindingResult(UNKNOWN, (), _unknown_reason(ctx, spec))
+
+    candidates = observations + cond_present
+    if not candidates:
+        return FindingResult(UNKNOWN, (), _unknown_reason(ctx, spec))
+    verdict, top = _newest(candidates)
+    if verdict == "conflict":
+        return FindingResult(
+            UNKNOWN,
+            _sorted_refs(top),
+            "conflict: records at the same time say present and absent ("
+            + "; ".join(_describe(f) for f in top)
+            + ")",
+            tuple(top),
+            conflict=True,
+        )
+    reason = "; ".join(_describe(f) for f in top)
+    if len(candidates) > len(top):
+        reason += " (newest record)"
+    return FindingResult(verdict, _sorted_refs(top), reason, tuple(top), tuple(support))
+
+
+def _unknown_reason(ctx: Context, spec: Mapping[str, Any]) -> str:
+    days = ctx.criteria.window(spec.get("window", "exam"))
+    return f"no usable record within {days} days"
+
+
+def rule_site_of(ctx: Context, spec: Mapping[str, Any]) -> FindingResult:
+    """TYPICAL_SITE: bodySite of the resource that made the finding present (else the newest other one)."""
+    base = ctx.findings.get(spec["finding"])
+    if base is None or base.status != PRESENT:
+        return FindingResult(UNKNOWN, (), f"{spec['finding']} is not present: no site to judge")
+    ordered = list(base.deciding) + [f for f in base.support if f not in base.deciding]
+    for fact in ordered:
+        sites = fj.body_sites(fact.resource)
+        if not sites:
+            continue
+        typical, why = site_is_typical(ctx, sites)
+        return FindingResult(PRESENT if typical else ABSENT, (fact.ref,), f"{why} ({fact.ref})", (fact,))
+    return FindingResult(UNKNOWN, (), "the nodule's bodySite is not recorded")
+
+
+def rule_diagnosis(ctx: Context, spec: Mapping[str, Any]) -> FindingResult:
+    """LBP: a counting Condition, or another finding present; else absent/unknown by Condition statuses."""
+    present, unconfirmed, resolved = _conditions(ctx, spec["conditions"])
+    if present:
+        present.sort(key=lambda f: (-f.sort_time.timestamp(), f.ref))
+        return FindingResult(
+            PRESENT,
+            _sorted_refs(present),
+            "; ".join(_describe(f) for f in present),
+            tuple(present),
+            tuple(present),
+        )
+    other = spec.get("or_finding")
+    if other and ctx.findings.get(other, FindingResult(UNKNOWN, (), "")).status == PRESENT:
+        via = ctx.findings[other]
+        for fact in unconfirmed + resolved:
+            ctx.reject(fact, "not counted: " + _describe(fact))
+        return FindingResult(PRESENT, via.evidence, f"{other} present: {via.reason}", via.deciding)
+    if unconfirmed:
+        for fact in resolved:
+            ctx.reject(fact, f"clinicalStatus {fact.clinical}")
+        return FindingResult(
+            UNKNOWN,
+            _sorted_refs(unconfirmed),
+            "only unconfirmed/provisional/differential: " + "; ".join(_describe(f) for f in unconfirmed),
+            tuple(unconfirmed),
+        )
+    if resolved:
+        return FindingResult(
+            ABSENT,
+            _sorted_refs(resolved),
+            "only resolved/inactive/remission: " + "; ".join(_describe(f) for f in resolved),
+            tuple(resolved),
+        )
+    return FindingResult(ABSENT, (), "no low back pain Condition recorded")
+
+
+def rule_relief(ctx: Context, spec: Mapping[str, Any]) -> FindingResult:
+    """INJECTION_RELIEF: newest relief Observation, ≥ threshold % or a 'relief' answer code."""
+    threshold = ctx.criteria.threshold(spec["threshold"])
+    yes = {(a["system"], a["code"]) for a in spec["present_answers"]}
+    no = {(a["system"], a["code"]) for a in spec["absent_answers"]}
+    window = spec.get("window", "exam")
+    usable: list[Fact] = []
+    for src in spec["observations"]:
+        for fact in ctx.facts.of(src["valueset"], "Observation"):
+            if fact.preliminary:
+                ctx.reject(fact, "status preliminary: listed, never decides")
+                continue
+            if ctx.outside(fact, window):
+                ctx.reject(fact, ctx.outside(fact, window) or "")
+                continue
+            verdict, detail = _relief_value(fact.element, threshold, yes, no)
+            if verdict is None:
+                ctx.reject(fact, detail)
+                continue
+            fact.polarity, fact.note = verdict, detail
+            usable.append(fact)
+    if not usable:
+        return FindingResult(UNKNOWN, (), _unknown_reason(ctx, spec))
+    verdict, top = _newest(usable)
+    desc = "; ".join(f"{f.ref} {f.note}, {f.when.text if f.when else ''}" for f in top)
+    if verdict == "conflict":
+        return FindingResult(
+            UNKNOWN, _sorted_refs(top), f"conflict at the same time: {desc}", tuple(top), conflict=True
+        )
+    return FindingResult(
+        verdict, _sorted_refs(top), desc, tuple(top), tuple(top) if verdict == PRESENT else ()
+    )
+
+
+def _relief_value(
+    element: Mapping[str, Any], threshold: float, yes: set[tuple[str, str]], no: set[tuple[str, str]]
+) -> tuple[str | None, str]:
+    if "dataAbsentReason" in element:
+        return (
+            None,
+            f"says nothing: dataAbsentReason {fj.status_code(element['dataAbsentReason']) or 'given'}",
+        )
+    qty = fj.as_dict(element.get("valueQuantity"))
+    if qty is not None:
+        value = qty.get("value")
+        unit = {qty.get("code"), qty.get("unit")} - {None}
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            return None, "malformed: relief quantity without a number"
+        if unit != {"%"}:
+            return (
+                None,
+                f"malformed: relief unit {'/'.join(sorted(map(str, unit))) or 'missing'} (expected %)",
+            )
+        if not 0 <= value <= 100:
+            return None, f"malformed: relief {value} % outside 0-100"
+        return (PRESENT if value >= threshold else ABSENT), f"relief {value:g} %"
+    if "valueCodeableConcept" in element:
+        codes = set(fj.codings(element["valueCodeableConcept"]))
+        if codes & yes:
+            return PRESENT, f"relief {sorted(codes & yes)[0][1]}"
+        if codes & no:
+            return ABSENT, f"relief {sorted(codes & no)[0][1]}"
+        return None, "relief answer not recognised"
+    return None, "no relief value"
+
+
+FINDING_RULES: dict[str, FindingRule] = {
+    "exam": rule_exam,
+    "site_of": rule_site_of,
+    "diagnosis": rule_diagnosis,
+    "relief": rule_relief,
+}
+
+
+# -- red flags -------------------------------------------------------------------------------------
+FlagRule = Callable[[Context, Mapping[str, Any]], "FlagResult | None"]
+
+
+def flag_coded(ctx: Context, spec: Mapping[str, Any]) -> FlagResult | None:
+    """History-type flags count at any age and any clinical status; state-type ones only when current.
+
+    Conditions: any verification except the dropped ones (safety first). State-type: clinicalStatus
+    active/recurrence/relapse, or absent with onset (else recordedDate) within the state window.
+    Observations: value Present/true/none; state-type within the window, newest per code deciding.
+    """
+    history = spec["type"] == "history"
+    window = "state_flag"
+    days = ctx.criteria.window(window)
+    active = set(ctx.data["reading"]["condition_clinical_active"])
+    counted: list[Fact] = []
+    for fact in ctx.facts.of(spec["valueset"], "Condition"):
+        if history or fact.clinical in active:
+            counted.append(fact)
+        elif fact.clinical is None:
+            recent = fact.when or _recorded(fact)
+            if recent is not None and recent.last >= ctx.as_of - timedelta(days=days):
+                counted.append(fact)
+            else:
+                ctx.reject(
+                    fact, f"no clinicalStatus and onset/recordedDate not within {days} days (state-type flag)"
+                )
+        else:
+            ctx.reject(fact, f"clinicalStatus {fact.clinical} (state-type flag counts only when current)")
+    groups: dict[str, list[Fact]] = {}
+    for fact in ctx.facts.of(spec["valueset"], "Observation"):
+        if fact.preliminary:
+            ctx.reject(fact, "status preliminary: listed, never decides")
+        elif fact.polarity is None:
+            ctx.reject(fact, f"says nothing: {fact.note}")
+        elif not history and ctx.outside(fact, window):
+            ctx.reject(fact, ctx.outside(fact, window, "state-type red-flag") or "")
+        else:
+            groups.setdefault(fact.code_key, []).append(fact)
+    for _, group in sorted(groups.items()):
+        if history:
+            counted.extend(f for f in group if f.polarity == PRESENT)
+            continue
+        verdict, top = _newest(group)
+        if verdict in (PRESENT, "conflict"):  # a same-time conflict counts: safety first
+            counted.extend(f for f in top if f.polarity == PRESENT)
+    if not counted:
+        return None
+    counted.sort(key=lambda f: (-f.sort_time.timestamp(), f.ref))
+    reason = _describe(counted[0])
+    if len(counted) > 1:
+        reason += f" (+{len(counted) - 1} more)"
+    return FlagResult(
+        spec["id"], spec["level"], spec["title"], _sorted_refs(counted), reason, spec.get("source", "")
+    )
+
+
+def _recorded(fact: Fact) -> fj.When | None:
+    try:
+        return fj.parse_time(fact.resource.get("recordedDate"))
+    except fj.BadTime:
+        return None
+
+
+def flag_age_new_onset(ctx: Context, spec: Mapping[str, Any]) -> FlagResult | None:
+    """Age < 20 or > 50 at the evaluation time with a counting LBP Condition whose onset is recent."""
+    born = fj.parse_date(ctx.record.patient.get("birthDate"))
+    if born is None:
+        return None
+    age = _age(born, ctx.as_of.date())
+    limits = ctx.data["age_years"]
+    if not (age < limits["below"] or age > limits["above"]):
+        return None
+    lbp = ctx.findings.get(spec["finding"])
+    days = ctx.criteria.window("onset")
+    for fact in sorted(lbp.support if lbp else (), key=lambda f: f.ref):
+        if fact.rtype != "Condition":
+            continue
+        onset = fact.when  # onsetDateTime, onsetPeriod.start, else recordedDate
+        if onset is not None and onset.last >= ctx.as_of - timedelta(days=days):
+            reason = f"age {age} with low back pain of onset {onset.text} ({fact.ref})"
+            return FlagResult(
+                spec["id"],
+                spec["level"],
+                spec["title"],
+                tuple(sorted((ctx.record.patient_reference, fact.ref))),
+                reason,
+                spec.get("source", ""),
+            )
+    return None
+
+
+def _age(born: date, on: date) -> int:
+    return on.year - born.year - ((on.month, on.day) < (born.month, born.day))
+
+
+FLAG_RULES: dict[str, FlagRule] = {"coded": flag_coded, "age_new_onset": flag_age_new_onset}
+
+
+# -- classification / ladder operators -------------------------------------------------------------
+Operator = Callable[[Context, Mapping[str, Any]], Outcome]
+
+
+def op_all(ctx: Context, p: Mapping[str, Any]) -> Outcome:
+    parts = [ctx.evaluate(c) for c in p["of"]]
+    ok = all(o.value for o in parts)
+    return Outcome(ok, " and ".join(o.detail for o in parts), _ev(parts) if ok else ())
+
+
+def op_any(ctx: Context, p: Mapping[str, Any]) -> Outcome:
+    parts = [ctx.evaluate(c) for c in p["of"]]
+    hits = [o for o in parts if o.value]
+    return Outcome(bool(hits), " or ".join(o.detail for o in (hits or parts)), _ev(hits))
+
+
+def op_not(ctx: Context, p: Mapping[str, Any]) -> Outcome:
+    inner = ctx.evaluate(p["of"])
+    return Outcome(not inner.value, f"not ({inner.detail})")
+
+
+def op_always(ctx: Context, p: Mapping[str, Any]) -> Outcome:
+    return Outcome(True, "otherwise")
+
+
+def op_ref(ctx: Context, p: Mapping[str, Any]) -> Outcome:
+    inner = ctx.evaluate(ctx.data["definitions"][p["name"]])
+    return Outcome(inner.value, f"{p['name'].replace('_', ' ')}: {inner.detail}", inner.evidence)
+
+
+def op_finding(ctx: Context, p: Mapping[str, Any]) -> Outcome:
+    result = ctx.findings[p["id"]]
+    return Outcome(result.status == p["is"], f"{p['id']} is {result.status}", result.evidence)
+
+
+def op_any_flag(ctx: Context, p: Mapping[str, Any]) -> Outcome:
+    hits = [f for f in ctx.flags if f.level == p["level"]]
+    detail = ", ".join(f.id for f in hits) if hits else f"no {p['level']} red flag"
+    return Outcome(bool(hits), detail, tuple(r for f in hits for r in f.evidence))
+
+
+def op_no_latest_pain(ctx: Context, p: Mapping[str, Any]) -> Outcome:
+    if ctx.pain is None:
+        detail = f"no valid pain score within {ctx.criteria.window('pain')} days"
+        unread = ctx.unread(ctx.dependencies.get("pain", {}).get("types", ()))
+        if unread:
+            detail += f" (not read: {ctx.unread_text(unread)})"
+        return Outcome(True, detail)
+    return Outcome(False, f"latest pain {ctx.pain.score:g}/10", (ctx.pain.fact.ref,))
+
+
+def op_latest_pain(ctx: Context, p: Mapping[str, Any]) -> Outcome:
+    limit = ctx.criteria.threshold(p["at_least"])
+    if ctx.pain is None:
+        return Outcome(False, "no latest pain")
+    ok = ctx.pain.score >= limit
+    return Outcome(
+        ok, f"latest pain {ctx.pain.score:g}/10 {'≥' if ok else '<'} {limit:g}", (ctx.pain.fact.ref,)
+    )
+
+
+def _completed(ctx: Context, p: Mapping[str, Any]) -> list[Fact]:
+    done = set(ctx.data["reading"]["procedure_status_done"])
+    out = []
+    for fact in ctx.facts.of(p["valueset"], "Procedure"):
+        if fact.status not in done:
+            ctx.reject(fact, f"status {fact.status or 'missing'}")
+        elif p.get("dated") and fact.when is None:
+            ctx.reject(fact, "no performed time: cannot be ordered against the pain score")
+        else:
+            out.append(fact)
+    return out
+
+
+def op_procedures_completed(ctx: Context, p: Mapping[str, Any]) -> Outcome:
+    need = ctx.criteria.threshold(p["at_least"])
+    done = _completed(ctx, p)
+    name = done[0].label if done else p["valueset"].rsplit("/", 1)[-1]
+    ok = len(done) >= need
+    return Outcome(ok, f"{len(done)} completed {name} (need {need:g})", _sorted_refs(done) if ok else ())
+
+
+def op_pain_after_last_procedure(ctx: Context, p: Mapping[str, Any]) -> Outcome:
+    limit = ctx.criteria.threshold(p["at_least"])
+    done = [f for f in _completed(ctx, {**p, "dated": True}) if f.when is not None]
+    if not done or ctx.pain is None or ctx.pain.fact.when is None:
+        return Outcome(False, "no pain score after the last procedure")
+    last = max(done, key=lambda f: (f.sort_time, f.ref))
+    assert last.when is not None
+    after = ctx.pain.fact.when.start > last.when.start
+    ok = after and ctx.pain.score >= limit
+    where = "after" if after else "not after"
+    return Outcome(
+        ok,
+        f"latest pain {ctx.pain.score:g}/10 recorded {where} the last procedure ({last.when.text})",
+        (last.ref, ctx.pain.fact.ref) if ok else (),
+    )
+
+
+def op_medication_taken(ctx: Context, p: Mapping[str, Any]) -> Outcome:
+    statuses: Mapping[str, Sequence[str]] = p["statuses"]
+    hits: list[Fact] = []
+    for rtype, allowed in sorted(statuses.items()):
+        for fact in ctx.facts.of(p["valueset"], rtype):
+            if fact.status in allowed:
+                hits.append(fact)
+            else:
+                ctx.reject(fact, f"status {fact.status or 'missing'}")
+    return Outcome(
+        bool(hits), f"{len(hits)} NSAID record(s)" if hits else "no NSAID record", _sorted_refs(hits)
+    )
+
+
+def op_condition_recorded(ctx: Context, p: Mapping[str, Any]) -> Outcome:
+    hits = ctx.facts.of(p["valueset"], "Condition")
+    return Outcome(
+        bool(hits),
+        f"{hits[0].label} recorded" if hits else "no long-term NSAID use recorded",
+        _sorted_refs(hits),
+    )
+
+
+def _ev(parts: Iterable[Outcome]) -> tuple[str, ...]:
+    return tuple(sorted({r for o in parts for r in o.evidence}))
+
+
+OPERATORS: dict[str, Operator] = {
+    "all": op_all,
+    "any": op_any,
+    "not": op_not,
+    "always": op_always,
+    "ref": op_ref,
+    "finding": op_finding,
+    "any_flag": op_any_flag,
+    "no_latest_pain": op_no_latest_pain,
+    "latest_pain": op_latest_pain,
+    "procedures_completed": op_procedures_completed,
+    "pain_after_last_procedure": op_pain_after_last_procedure,
+    "medication_taken": op_medication_taken,
+    "condition_recorded": op_condition_recorded,
+}
+
+
+# -- pain score (CLINICAL.md "Treatment ladder") ---------------------------------------------------
+def latest_pain(ctx: Context) -> Pain | None:
+    """Newest valid 0–10 pain score within the pain window; equal-time different scores → none (conflict)."""
+    spec = ctx.data["pain"]
+    window = spec["window"]
+    valid: list[tuple[Fact, float]] = []
+    for fact in ctx.facts.of(spec["valueset"], "Observation"):
+        if fact.preliminary:
+            ctx.reject(fact, "status preliminary: listed, never decides")
+            continue
+        score, problem = pain_score(ctx, fact.element, spec)
+        if score is None:
+            ctx.reject(fact, problem)
+        elif ctx.outside(fact, window):
+            ctx.reject(fact, ctx.outside(fact, window) or "")
+        else:
+            valid.append((fact, score))
+    if not valid:
+        return None
+    top_time = max(f.sort_time for f, _ in valid)
+    top = sorted(((f, s) for f, s in valid if f.sort_time == top_time), key=lambda fs: fs[0].ref)
+    if len({s for _, s in top}) > 1:
+        scores = ", ".join(f"{f.ref} {s:g}" for f, s in top)
+        for f, _ in top:
+            ctx.reject(f, f"conflicting pain scores at the same time ({scores})")
+        return None
+    return Pain(score=top[0][1], fact=top[0][0])
+
+
+def pain_score(ctx: Context, element: Mapping[str, Any], spec: Mapping[str, Any]) -> tuple[float | None, str]:
+    """A 0–10 score from valueQuantity (unit none/'1'/'{score}'), valueInteger, or a LOINC answer code."""
+    if "dataAbsentReason" in element:
+        return (
+            None,
+            f"says nothing: dataAbsentReason {fj.status_code(element['dataAbsentReason']) or 'given'}",
+        )
+    value: object = None
+    if "valueQuantity" in element:
+        qty = fj.as_dict(element["valueQuantity"]) or {}
+        value = qty.get("value")
+        for unit in (qty.get("code"), qty.get("unit")):
+            if unit is not None and unit not in spec["units"]:
+                return None, f"malformed: pain score unit {unit!r} (expected none, '1' or '{{score}}')"
+    elif "valueInteger" in element:
+        value = element["valueInteger"]
+    elif "valueCodeableConcept" in element:
+        for system, code in fj.codings(element["valueCodeableConcept"]):
+            if ctx.criteria.terminology.contains(spec["answers_valueset"], system, code):
+                value = ctx.criteria.terminology.ordinal(system, code)
+                break
+        else:
+            return None, "malformed: pain answer code not in the 0-10 answer list"
+    else:
+        return None, "no pain score value"
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None, "malformed: pain score is not a number"
+    if not spec["min"] <= value <= spec["max"]:
+        return None, f"malformed: pain score {value:g} outside {spec['min']}-{spec['max']}"
+    return float(value), ""

@@ -1,0 +1,230 @@
+"""One patient's record from a FHIR R4 Bundle (R4 Bundle page: entry.resource, entry.fullUrl).
+
+Accepts any Bundle type (collection, searchset, transaction, batch, *-response, document); entries without
+a ``resource`` are skipped. Decoding uses orjson with the garbage collector paused (the collector, not the
+parser, makes decode time grow faster than the input: DESIGN.md "Performance shape").
+"""
+
+from __future__ import annotations
+
+import gc
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+
+class UnusableInput(ValueError):
+    """The input cannot be assessed at all (CLI exit status 2). ``reason`` is one line, safe to show."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class PatientRecord:
+    """The launched Patient and the other resources read for them.
+
+    ``patient_aliases`` are extra references that denote the same Patient in this Bundle (its
+    ``fullUrl``, e.g. ``urn:uuid:…`` in a transaction); ``Patient/<id>`` is always accepted.
+    ``unavailable`` names resource types that could not be read, with the reason in words ("scope not
+    granted", "read failed: 503"): their silence is not evidence of absence (CLINICAL.md "Reading the
+    record"; criteria ``data_dependencies``). ``load_bundle`` leaves it empty.
+    """
+
+    patient: dict[str, Any]
+    resources: list[dict[str, Any]]
+    patient_aliases: tuple[str, ...] = field(default=())
+    unavailable: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def patient_reference(self) -> str:
+        pid = self.patient.get("id")
+        if isinstance(pid, str) and pid:
+            return f"Patient/{pid}"
+        return self.patient_aliases[0] if self.patient_aliases else "Patient/(no id)"
+
+    def subject_matches(self, ref: str) -> bool:
+        """True if ``ref`` denotes the launched Patient (relative, absolute URL, or a Bundle alias)."""
+        if ref in self.patient_aliases:
+            return True
+        pid = self.patient.get("id")
+        if not isinstance(pid, str) or not pid:
+            return False
+        own = f"Patient/{pid}"
+        if ref == own:
+            return True
+        # absolute reference to the same id on some base; strip a trailing /_history/n
+        if "/_history/" in ref:
+            ref = ref.split("/_history/", 1)[0]
+        return ref.endswith("/" + own) and "://" in ref
+
+
+def decode_json(data: bytes | str) -> Any:
+    """orjson decode with the garbage collector paused for the duration."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return orjson.loads(data)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def load_bundle(data: bytes | str) -> PatientRecord:
+    """Decode a Bundle holding one patient's resources.
+
+    Raises ``UnusableInput`` when the data is not JSON, not a Bundle, has no Patient or several Patients.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        try:
+            doc = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise UnusableInput(f"not JSON: {exc}".splitlines()[0][:200]) from None
+        if not isinstance(doc, dict) or doc.get("resourceType") != "Bundle":
+            found = doc.get("resourceType") if isinstance(doc, dict) else type(doc).__name__
+            raise UnusableInput(f"not a FHIR Bundle (resourceType {found!r})"[:200])
+        return record_from_entries(doc.get("entry"))
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def record_from_entries(entries: object) -> PatientRecord:
+    """Split Bundle entries into the single Patient and the other resources."""
+    patients: list[tuple[dict[str, Any], str | None]] = []
+    resources: list[dict[str, Any]] = []
+    for entry in entries if isinstance(entries, list) else []:
+        if not isinstance(entry, dict):
+            continue
+        res = entry.get("resource")
+        if not isinstance(res, dict):
+            continue
+        full_url = entry.get("fullUrl")
+        if res.get("resourceType") == "Patient":
+            patients.append((res, full_url if isinstance(full_url, str) else None))
+        else:
+            resources.append(res)
+    return record_from_patients(patients, resources)
+
+
+def record_from_patients(
+    patients: Sequence[tuple[dict[str, Any], str | None]], resources: list[dict[str, Any]]
+) -> PatientRecord:
+    distinct: dict[str, tuple[dict[str, Any], str | None]] = {}
+    for pat, full_url in patients:
+        pid = pat.get("id")
+        key = f"id:{pid}" if isinstance(pid, str) and pid else f"url:{full_url}"
+        distinct.setdefault(key, (pat, full_url))
+    if not distinct:
+        raise UnusableInput("the Bundle holds no Patient")
+    if len(distinct) > 1:
+        raise UnusableInput(f"the Bundle holds {len(distinct)} different Patients; one is expected")
+    patient, full_url = next(iter(distinct.values()))
+    aliases = tuple(u for u in (full_url,) if u)
+    return PatientRecord(patient=patient, resources=resources, patient_aliases=aliases)
+
+
+class NotStreamable(Exception):
+    """The fast entry splitter cannot vouch for this document; decode it whole instead."""
+
+
+_ENTRY_ARRAY = re.compile(rb'"entry"\s*:\s*\[\s*')
+# Candidate end of a Bundle entry: "}" "," then an object whose first key is a BundleEntry key.
+_ENTRY_GAP = re.compile(
+    rb'\}\s*,\s*(?=\{\s*"(?:fullUrl|resource|search|request|response|link|id|extension|modifierExtension)"\s*:)'
+)
+_ARRAY_END = re.compile(rb"\}\s*\]")
+_MAX_MISSES = 32  # false candidates tolerated inside one entry before giving up streaming
+
+
+def iter_bundle_entries(data: bytes) -> Iterator[dict[str, Any]]:
+    """Decode a Bundle's entries one at a time, so the whole Bundle is never held as Python objects.
+
+    Entry boundaries are found by a byte pattern and each candidate is verified by decoding it: the
+    shortest prefix of an entry that decodes is exactly that entry, so a false candidate (inside a
+    resource) only costs a failed decode. The rest of the Bundle (everything but the entry array) is
+    decoded at the end to check it is a well-formed Bundle. Raises ``NotStreamable`` when any of this
+    fails; the caller then decodes the document whole (and reports it as ``UnusableInput`` if broken).
+    """
+    view = memoryview(data)
+    head = _ENTRY_ARRAY.search(data)
+    if head is None:
+        raise NotStreamable
+    cur = head.end()
+    array_open = head.end() - 1
+    while data[array_open : array_open + 1] != b"[":
+        array_open -= 1
+    if data[cur : cur + 1] == b"]":
+        array_close = cur
+    else:
+        if data[cur : cur + 1] != b"{":
+            raise NotStreamable
+        misses = 0
+        for gap in _ENTRY_GAP.finditer(data, cur):
+            end = gap.start() + 1
+            try:
+                entry = orjson.loads(view[cur:end])
+            except orjson.JSONDecodeError:
+                misses += 1  # the gap was inside the entry
+                if misses > _MAX_MISSES:
+                    raise NotStreamable from None  # keep the work linear: decode whole instead
+                continue
+            if not isinstance(entry, dict):
+                raise NotStreamable
+            yield entry
+            cur = gap.end()
+            misses = 0
+        for tail in _ARRAY_END.finditer(data, cur):
+            try:
+                entry = orjson.loads(view[cur : tail.start() + 1])
+            except orjson.JSONDecodeError:
+                misses += 1
+                if misses > _MAX_MISSES:
+                    raise NotStreamable from None
+                continue
+            if not isinstance(entry, dict):
+                raise NotStreamable
+            yield entry
+            array_close = tail.end() - 1
+            break
+        else:
+            raise NotStreamable
+    try:
+        envelope = orjson.loads(data[: array_open + 1] + data[array_close:])
+    except orjson.JSONDecodeError:
+        raise NotStreamable from None
+    if not isinstance(envelope, dict) or envelope.get("resourceType") != "Bundle":
+        raise NotStreamable
+    if envelope.get("entry") != []:
+        raise NotStreamable
+
+
+def stream_bundle(data: bytes, consume: Callable[[dict[str, Any]], None]) -> PatientRecord:
+    """Stream a Bundle's non-Patient resources into ``consume``; return the record (resources empty).
+
+    Falls back to a whole decode when the document cannot be streamed; ``consume`` may then have seen some
+    resources already, so callers must be able to start over (see ``smart_app.clinical.engine``).
+    """
+    patients: list[tuple[dict[str, Any], str | None]] = []
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for entry in iter_bundle_entries(data):
+            res = entry.get("resource")
+            if not isinstance(res, dict):
+                continue
+            if res.get("resourceType") == "Patient":
+                full_url = entry.get("fullUrl")
+                patients.append((res, full_url if isinstance(full_url, str) else None))
+            else:
+                consume(res)
+    finally:
+        if enabled:
+            gc.enable()
+    return record_from_patients(patients, [])
