@@ -31,13 +31,25 @@ def observation(index: int) -> dict[str, Any]:
         "id": f"o{index}",
         "meta": {"versionId": "1", "lastUpdated": "2026-01-01T00:00:00Z"},
         "status": "final",
-        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                                  "code": "vital-signs"}]}],
+        "category": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                        "code": "vital-signs",
+                    }
+                ]
+            }
+        ],
         "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}]},
         "subject": {"reference": f"Patient/{PATIENT}"},
         "effectiveDateTime": f"2025-{1 + index % 12:02d}-{1 + index % 28:02d}T08:00:00Z",
-        "valueQuantity": {"value": 60 + index % 40, "unit": "/min", "system": "http://unitsofmeasure.org",
-                          "code": "/min"},
+        "valueQuantity": {
+            "value": 60 + index % 40,
+            "unit": "/min",
+            "system": "http://unitsofmeasure.org",
+            "code": "/min",
+        },
     }
 
 
@@ -51,17 +63,28 @@ class Stub:
         items = self.observations if resource_type == "Observation" else []
         count = int(params.get("_count", ["100"])[0])
         offset = int(params.get("_offset", ["0"])[0])
-        chunk = items[offset:offset + count]
+        chunk = items[offset : offset + count]
         bundle: dict[str, Any] = {
             "resourceType": "Bundle",
             "type": "searchset",
             "total": len(items),
-            "entry": [{"fullUrl": f"{base}/{r['resourceType']}/{r['id']}", "resource": r,
-                       "search": {"mode": "match"}} for r in chunk],
+            "entry": [
+                {
+                    "fullUrl": f"{base}/{r['resourceType']}/{r['id']}",
+                    "resource": r,
+                    "search": {"mode": "match"},
+                }
+                for r in chunk
+            ],
         }
         if offset + count < len(items):
-            bundle["link"] = [{"relation": "next", "url": f"{base}/{resource_type}?patient={PATIENT}"
-                                                          f"&_count={count}&_offset={offset + count}"}]
+            bundle["link"] = [
+                {
+                    "relation": "next",
+                    "url": f"{base}/{resource_type}?patient={PATIENT}"
+                    f"&_count={count}&_offset={offset + count}",
+                }
+            ]
         return bundle
 
 

@@ -14,8 +14,13 @@ APP_NAME = "Back-mice decision support"
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
-    """Application factory: defaults → instance/config.py → SMART_APP_* env → ``test_config``."""
-    app = Flask(__name__, instance_relative_config=True)
+    """Application factory: defaults → instance/config.py → SMART_APP_* env → ``test_config``.
+
+    The instance folder (generated keys, file sessions, audit log) is ``instance/`` beside the package
+    unless ``SMART_APP_INSTANCE_PATH`` or ``test_config["INSTANCE_PATH"]`` names another absolute path.
+    """
+    instance_path = (test_config or {}).get("INSTANCE_PATH") or os.environ.get("SMART_APP_INSTANCE_PATH")
+    app = Flask(__name__, instance_relative_config=True, instance_path=instance_path)
     app.config.from_mapping(DEFAULTS)
     app.config.from_pyfile("config.py", silent=True)
     app.config.from_prefixed_env("SMART_APP")
@@ -27,7 +32,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     check_config(app.config, debug=app.debug, testing=app.testing)
     os.makedirs(app.instance_path, exist_ok=True)
 
-    from smart_app import web
+    from smart_app import auditlog, web
 
+    auditlog.init_app(app)
     web.init_app(app)
     return app

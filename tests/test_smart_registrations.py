@@ -10,7 +10,7 @@ from test_smart_support import ISS, SECRET, SECRET_ENV, registration_json, write
 
 from smart_app.smart.errors import RegistrationError
 from smart_app.smart.registrations import load_registration_file, load_registrations
-from smart_app.smart.scopes import check_scope
+from smart_app.smart.scopes import ScopeSet, check_scope
 
 SHIPPED = Path(__file__).resolve().parents[1] / "launch" / "registrations"
 
@@ -21,7 +21,12 @@ def test_shipped_sandbox_registration():
     assert reg is not None and reg.id == "sandbox"
     assert reg.client_id == "back-mice-sandbox" and reg.client_type == "public"
     assert reg.scope_syntax == "v2" and reg.use_openid
-    assert "patient/Observation.rs" in reg.scopes and "patient/Device.c" in reg.scopes
+    granted = ScopeSet.parse(reg.scope)
+    for resource_type in ("Patient", "Observation", "Condition", "Procedure", "MedicationStatement"):
+        assert granted.can_read(resource_type)
+    written = ("Observation", "ClinicalImpression", "ServiceRequest", "DetectedIssue", "Provenance")
+    for resource_type in written:
+        assert granted.can_write(resource_type) and granted.can_read(resource_type)
     assert all(check_scope(s, "v2") is None for s in reg.scopes)
     assert reg.frame_ancestors == ("http://127.0.0.1:8001",)
     assert (reg.writeback.mode, reg.writeback.assessment_as) == ("transaction", "ClinicalImpression")

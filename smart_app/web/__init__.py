@@ -1,9 +1,110 @@
-"""The only Flask layer: blueprints, sessions, security headers and error pages."""
+"""The only Flask layer: server-side sessions, security headers, CSRF, error pages and blueprints."""
 
 from __future__ import annotations
 
-from flask import Flask
+import os
+from typing import Any
+
+from cachelib.file import FileSystemCache
+from flask import Flask, request
+from flask.wrappers import Response
+from flask_session import Session
+from flask_wtf.csrf import CSRFProtect
+
+csrf = CSRFProtect()
 
 
 def init_app(app: Flask) -> None:
     """Bind sessions, security headers, CSRF and the blueprints to ``app``."""
+    init_sessions(app)
+    csrf.init_app(app)
+    app.after_request(security_headers)
+
+    from smart_app.web import errors, launch, views
+
+    errors.register_error_handlers(app)
+    app.register_blueprint(launch.bp)
+    app.register_blueprint(views.bp)
+    try:
+        from smart_app.audit import web as audit_web
+    except ImportError:  # the auditor pages are optional in a trimmed deployment
+        audit_web = None  # type: ignore[assignment]
+    if audit_web is not None:
+        app.register_blueprint(audit_web.bp)
+
+
+def init_sessions(app: Flask) -> None:
+    """Server-side sessions (DESIGN.md "Sessions"): Redis when configured, else files on local disk.
+
+    The cookie holds only a random session id; tokens and patient data stay on the server.
+    """
+    config = app.config
+    config.setdefault("SESSION_PERMANENT", True)
+    config["PERMANENT_SESSION_LIFETIME"] = int(config["SESSION_LIFETIME_SECONDS"])
+    config["SESSION_COOKIE_HTTPONLY"] = True
+    config["SESSION_COOKIE_NAME"] = config.get("SESSION_COOKIE_NAME_OVERRIDE") or "back_mice_session"
+    samesite = str(config["SESSION_COOKIE_SAMESITE"]).capitalize()
+    config["SESSION_COOKIE_SAMESITE"] = samesite
+    if samesite == "None":
+        # A cross-site iframe cookie must be Secure; Partitioned (CHIPS) keeps it working where the
+        # browser blocks third-party cookies, scoped to the embedding EHR's site.
+        config["SESSION_COOKIE_SECURE"] = True
+        config["SESSION_COOKIE_PARTITIONED"] = True
+    config["SESSION_KEY_PREFIX"] = "back-mice:"
+    redis_url = config.get("SESSION_REDIS_URL")
+    if redis_url and config.get("SESSION_TYPE") is None:
+        import redis
+
+        config["SESSION_TYPE"] = "redis"
+        config["SESSION_REDIS"] = redis.Redis.from_url(redis_url)
+    elif config.get("SESSION_TYPE") is None:
+        session_dir = os.path.join(app.instance_path, "sessions")
+        os.makedirs(session_dir, mode=0o700, exist_ok=True)
+        config["SESSION_TYPE"] = "cachelib"
+        config["SESSION_CACHELIB"] = FileSystemCache(session_dir, threshold=20000, mode=0o600)
+    Session(app)
+    if config.get("SESSION_COOKIE_PARTITIONED"):
+        partition_session_cookie(app)
+
+
+def partition_session_cookie(app: Flask) -> None:
+    """Add the ``Partitioned`` attribute (CHIPS), which Flask-Session does not pass to ``set_cookie``."""
+    interface = app.session_interface
+    save_session = interface.save_session
+    name = app.config["SESSION_COOKIE_NAME"]
+
+    def save_partitioned(app: Flask, session: Any, response: Response) -> None:
+        save_session(app, session, response)
+        cookies = response.headers.getlist("Set-Cookie")
+        if not any(cookie.startswith(f"{name}=") and "Partitioned" not in cookie for cookie in cookies):
+            return
+        response.headers.remove("Set-Cookie")
+        for cookie in cookies:
+            partitioned = cookie.startswith(f"{name}=") and "Partitioned" not in cookie
+            response.headers.add("Set-Cookie", f"{cookie}; Partitioned" if partitioned else cookie)
+
+    interface.save_session = save_partitioned  # type: ignore[method-assign]
+
+
+def frame_ancestors(app: Flask) -> list[str]:
+    """Origins allowed to frame the app: every registered EHR's ``frame_ancestors``."""
+    from smart_app.web.session import launch_registry
+
+    return launch_registry(app).frame_ancestors()
+
+
+def security_headers(response: Response) -> Response:
+    """CSP without inline script, framing only by registered EHRs; no caching of patient pages."""
+    from flask import current_app
+
+    ancestors = " ".join(frame_ancestors(current_app)) or "'none'"
+    response.headers["Content-Security-Policy"] = (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "object-src 'none'; base-uri 'none'; form-action 'self'; "
+        f"frame-ancestors {ancestors}"
+    )
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    if request.endpoint not in ("static", "main.static"):
+        response.headers["Cache-Control"] = "no-store"
+    return response

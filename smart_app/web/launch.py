@@ -18,6 +18,7 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify, redirect, render_template, request, session, url_for
 from flask.typing import ResponseReturnValue
 
+from smart_app.auditlog import audit_event
 from smart_app.smart.authorize import PendingAuthorization, start_authorization
 from smart_app.smart.errors import (
     AuthorizationError,
@@ -225,6 +226,16 @@ def _complete(reg: Registration, pending: PendingAuthorization, code: str) -> Re
         "token_endpoint": pending.token_endpoint or config.token_endpoint,
     }
     log.info("Launch with %s completed (%s launch)", reg.name, "EHR" if pending.ehr_launch else "standalone")
+    audit_event(
+        "launch",
+        iss=reg.iss,
+        registration=reg.id,
+        client_id=reg.client_id,
+        patient=ctx.patient,
+        user=fhir_user,
+        encounter=ctx.encounter,
+        scope=str(tokens.scope),
+    )
     return redirect(url_for("main.review"), code=302)
 
 

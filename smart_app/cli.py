@@ -1,0 +1,257 @@
+"""Command line for integrators and auditors (DESIGN.md "CLI").
+
+Exit status: 0 success; 1 audit findings / not reproduced; 2 unusable input; 3 the server refused a write.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_FINDINGS, EXIT_UNUSABLE, EXIT_REFUSED = 0, 1, 2, 3
+TOKEN_ENV = "SMART_APP_FHIR_TOKEN"
+
+
+class UsageProblem(Exception):
+    """Unusable input: reported on stderr in one line, exit status 2."""
+
+
+def parse_as_of(value: str | None) -> datetime:
+    if value is None:
+        return datetime.now(UTC).replace(microsecond=0)
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise UsageProblem(f"--as-of is not an ISO-8601 date-time: {value!r}") from exc
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed
+
+
+def fhir_client(base: str) -> Any:
+    from smart_app.fhir.client import FhirClient
+
+    return FhirClient(base, token=os.environ.get(TOKEN_ENV) or None)
+
+
+def assessment_for(args: argparse.Namespace, as_of: datetime) -> dict[str, Any]:
+    """The Assessment JSON for ``--bundle`` or for ``--fhir-base``/``--patient``."""
+    from smart_app.clinical import PatientRecord, UnusableInput, assess, assess_bundle
+
+    if args.bundle:
+        try:
+            data = Path(args.bundle).read_bytes()
+        except OSError as exc:
+            raise UsageProblem(f"cannot read {args.bundle}: {exc.strerror}") from exc
+        try:
+            # Streams the Bundle entry by entry: bytes to assessment without holding every resource.
+            return assess_bundle(data, as_of).to_json()
+        except UnusableInput as exc:
+            raise UsageProblem(str(exc)) from exc
+    if not (args.fhir_base and args.patient):
+        raise UsageProblem("give --bundle PATH, or --fhir-base URL and --patient ID")
+    from smart_app.fhir.errors import FhirError
+    from smart_app.fhir.record import fetch_patient_record
+
+    try:
+        fetched = fetch_patient_record(fhir_client(args.fhir_base), args.patient, lambda _type: True)
+    except FhirError as exc:
+        raise UsageProblem(f"FHIR server: {exc.message}") from exc
+    if fetched.patient is None:
+        raise UsageProblem(f"Patient/{args.patient} could not be read from {args.fhir_base}")
+    for failure in fetched.failures:
+        print(f"warning: {failure.resource_type} not read: {failure.message}", file=sys.stderr)
+    from smart_app.pipeline import unavailable_types
+
+    record = PatientRecord(
+        patient=fetched.patient, resources=fetched.resources, unavailable=unavailable_types(fetched)
+    )
+    return assess(record, as_of).to_json()
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def summary_text(assessment: dict[str, Any]) -> str:
+    """A readable summary of the Assessment JSON for people at a terminal."""
+    lines = [
+        assessment.get("headline") or f"{assessment['classification']} → {assessment['next_step']}",
+        f"Classification: {assessment['classification']}    Next step: {assessment['next_step']}",
+        f"Criteria: {assessment['criteria']['url']}|{assessment['criteria']['version']}    "
+        f"as of {assessment['as_of']}",
+        "",
+        "Findings:",
+    ]
+    for finding_id, finding in sorted(assessment["findings"].items()):
+        evidence = ", ".join(finding.get("evidence", [])) or "no evidence"
+        lines.append(f"  {finding_id:<17} {finding['status']:<8} {finding.get('reason', '')} [{evidence}]")
+    if assessment["red_flags"]:
+        lines += ["", "Red flags:"]
+        for flag in assessment["red_flags"]:
+            lines.append(f"  {flag['level'].upper():<5} {flag['id']} [{', '.join(flag['evidence'])}]")
+    if assessment.get("missing"):
+        lines += ["", "Missing:"]
+        lines += [f"  {item.get('what', item)}" for item in assessment["missing"]]
+    suggestion = assessment.get("procedure_suggestion")
+    lines += ["", f"Procedure suggestion: {suggestion['text'] if suggestion else 'none'}"]
+    if assessment.get("ignored"):
+        lines += ["", f"Ignored resources: {len(assessment['ignored'])}"]
+        lines += [f"  {item['reference']}: {item['reason']}" for item in assessment["ignored"]]
+    return "\n".join(lines)
+
+
+def cmd_assess(args: argparse.Namespace) -> int:
+    assessment = assessment_for(args, parse_as_of(args.as_of))
+    if args.json:
+        print_json(assessment)
+    else:
+        print(summary_text(assessment))
+    return EXIT_OK
+
+
+def read_bundle_file(path: str | None) -> bytes:
+    if not path:
+        raise UsageProblem("give --bundle PATH (a FHIR R4 Bundle holding one patient's resources)")
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise UsageProblem(f"cannot read {path}: {exc.strerror}") from exc
+
+
+def report(result: dict[str, Any], status: int) -> int:
+    """Print a draft/write result; unusable input goes to stderr in one line (exit status 2)."""
+    if status == EXIT_UNUSABLE:
+        raise UsageProblem(str(result.get("message", "unusable input")))
+    print_json(result)
+    return status
+
+
+def cmd_draft(args: argparse.Namespace) -> int:
+    from smart_app.writeback import draft_for_cli
+
+    as_of = parse_as_of(args.as_of)
+    result, status = draft_for_cli(
+        read_bundle_file(args.bundle),
+        as_of=as_of,
+        author=args.author,
+        assessment_as=args.assessment_as,
+        # With --as-of the draft is reproducible: Provenance.recorded is the evaluation time.
+        recorded=as_of if args.as_of else None,
+    )
+    return report(result, status)
+
+
+def cmd_write(args: argparse.Namespace) -> int:
+    from smart_app.writeback import write_for_cli
+
+    result, status = write_for_cli(
+        read_bundle_file(args.bundle),
+        fhir_base=args.fhir_base,
+        as_of=parse_as_of(args.as_of),
+        author=args.author,
+        mode=args.mode,
+        assessment_as=args.assessment_as,
+        token_env=TOKEN_ENV,
+        max_transaction_entries=args.max_transaction_entries,
+    )
+    return report(result, status)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from smart_app.serve import serve
+
+    serve(host=args.host, port=args.port, workers=args.workers)
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from smart_app.serve import demo
+
+    demo(app_port=args.port, sandbox_port=args.sandbox_port)
+    return EXIT_OK
+
+
+def add_record_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bundle", help="a FHIR R4 Bundle (JSON) holding one patient's resources")
+    parser.add_argument("--fhir-base", help=f"FHIR base URL (bearer token from ${TOKEN_ENV})")
+    parser.add_argument("--patient", help="Patient id on --fhir-base")
+    parser.add_argument("--as-of", help="evaluation time, ISO-8601 (default: now)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="smart-app", description="Back-mice SMART on FHIR decision support")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    assess = commands.add_parser("assess", help="assess one patient and print the assessment")
+    add_record_arguments(assess)
+    assess.add_argument("--json", action="store_true", help="print the assessment as one JSON object")
+    assess.set_defaults(func=cmd_assess)
+
+    for name, func, helptext in (
+        ("draft", cmd_draft, "print the transaction Bundle the write-back would send"),
+        ("write", cmd_write, "write the drafts to a FHIR server and print the outcome"),
+    ):
+        sub = commands.add_parser(name, help=helptext)
+        sub.add_argument(
+            "--bundle", required=True, help="a FHIR R4 Bundle (JSON) holding one patient's resources"
+        )
+        if name == "write":
+            sub.add_argument(
+                "--fhir-base", required=True, help=f"FHIR base URL (bearer token from ${TOKEN_ENV})"
+            )
+        sub.add_argument("--as-of", help="evaluation time, ISO-8601 (default: now)")
+        sub.add_argument("--author", help="the user, e.g. Practitioner/123 (Provenance author)")
+        sub.add_argument(
+            "--assessment-as",
+            choices=["ClinicalImpression", "DocumentReference"],
+            default="ClinicalImpression",
+        )
+        sub.add_argument("--json", action="store_true", help="JSON output (the default for this command)")
+        if name == "write":
+            sub.add_argument("--mode", choices=["transaction", "sequential"], default="transaction")
+            sub.add_argument(
+                "--max-transaction-entries",
+                type=int,
+                help="write larger drafts as sequential conditional creates (e.g. 8 for servers that limit "
+                "conditional transactions)",
+            )
+        sub.set_defaults(func=func)
+
+    serve = commands.add_parser("serve", help="run the app with a production WSGI server (gunicorn)")
+    serve.add_argument("--host", default=os.environ.get("SMART_APP_HOST", "127.0.0.1"))
+    serve.add_argument("--port", type=int, default=int(os.environ.get("SMART_APP_PORT", "8000")))
+    serve.add_argument("--workers", type=int, default=int(os.environ.get("SMART_APP_WORKERS", "4")))
+    serve.set_defaults(func=cmd_serve)
+
+    demo = commands.add_parser("demo", help="run the local sandbox EHR and the app together")
+    demo.add_argument("--port", type=int, default=8000)
+    demo.add_argument("--sandbox-port", type=int, default=8001)
+    demo.set_defaults(func=cmd_demo)
+
+    try:
+        from smart_app.audit import cli as audit_cli
+    except ImportError:
+        audit_cli = None  # type: ignore[assignment]
+    if audit_cli is not None:
+        audit_cli.add_commands(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except UsageProblem as exc:
+        print(f"smart-app: {exc}", file=sys.stderr)
+        return EXIT_UNUSABLE
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""Browser-test fixtures: the sandbox EHR and the app as real HTTP servers, and Debian's Chromium.
+
+The servers come from ``tests/servers.py`` (the lead's harness): the sandbox listens on ``127.0.0.1``
+and the app on ``localhost`` (two host names, so the app really runs
+in a cross-site iframe, as inside an EHR). Chromium counts ``http://localhost`` as a secure context, so the
+app's ``SameSite=None; Secure`` session cookie is sent from inside the iframe.
+
+Import ``live_fixture``, ``chromium_fixture`` and ``page_fixture`` into a test module (registered as
+``live``, ``chromium`` and ``page``); they need
+``playwright`` (``pip install playwright``) and ``/usr/bin/chromium`` (``apt-get install chromium``), and
+skip with the reason when either is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+OUTPUT_DIR = Path(__file__).resolve().parent.parent / "test-output" / "browser"
+
+#: Everything the review and write-back need (SMART App Launch 2.x v2 syntax). Written types also get
+#: ``rs``: the sandbox checks read/search permission when a conditional create (``ifNoneExist``)
+#: matches a resource that already exists, i.e. on every repeated write.
+SCOPES = (
+    "launch openid fhirUser "
+    "patient/Patient.rs patient/Condition.rs patient/Procedure.rs "
+    "patient/MedicationStatement.rs patient/MedicationRequest.rs patient/Observation.crs "
+    "patient/ClinicalImpression.crs patient/ServiceRequest.crs patient/DetectedIssue.crs "
+    "patient/Provenance.crs patient/Device.crs patient/DocumentReference.crs"
+).split()
+
+
+@dataclass
+class Servers:
+    """The running pair: the sandbox EHR (``ehr_url``) and the app (``app_url``)."""
+
+    ehr_url: str
+    app_url: str
+    iss: str
+    sandbox: Any
+    app: Any
+    stack: Any
+
+
+def partitioned_cookies(app: Callable[..., Any]) -> Callable[..., Any]:
+    """Add ``Partitioned`` (CHIPS) to a ``SameSite=None`` cookie when the app did not.
+
+    Chromium blocks unpartitioned third-party cookies in Playwright's (incognito) contexts, so a
+    ``SameSite=None; Secure`` cookie alone is dropped inside the EHR iframe. flask-session 0.8 ignores
+    ``SESSION_COOKIE_PARTITIONED``; until the app sets the attribute itself, this middleware does, and
+    once it does, this is a no-op.
+    """
+
+    def wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        def patched(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            def needs(k: str, v: str) -> bool:
+                low = v.lower()
+                return k.lower() == "set-cookie" and "samesite=none" in low and "partitioned" not in low
+
+            fixed = [(k, f"{v}; Partitioned") if needs(k, v) else (k, v) for k, v in headers]
+            return start_response(status, fixed, exc_info)
+
+        return app(environ, patched)
+
+    return wsgi
+
+
+def start_servers(tmp: Path, *, scopes: list[str] | None = None, sandbox_config: dict[str, Any] | None = None,
+                  app_config: dict[str, Any] | None = None) -> Servers:
+    """Start both servers with the lead's harness (``tests/servers.py``), configured for a browser: the
+    session cookie is ``SameSite=None; Secure`` (Chromium treats ``http://localhost`` as secure)."""
+    from tests.servers import start_stack
+
+    stack = start_stack(
+        tmp,
+        scopes=scopes or SCOPES,
+        sandbox_config=sandbox_config,
+        app_config={"SESSION_COOKIE_SAMESITE": "None", "SESSION_COOKIE_SECURE": True, **(app_config or {})},
+    )
+    stack.app_server.lazy.app = partitioned_cookies(stack.app)
+    return Servers(ehr_url=stack.sandbox.url, app_url=stack.app_url, iss=stack.fhir_base,
+                   sandbox=stack.sandbox_app, app=stack.app, stack=stack)
+
+
+def stop_servers(servers: Servers) -> None:
+    servers.stack.stop()
+
+
+@pytest.fixture(scope="module", name="live")
+def live_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+    """The sandbox EHR and the app, running for the test module."""
+    pair = start_servers(tmp_path_factory.mktemp("live"))
+    try:
+        yield pair
+    finally:
+        stop_servers(pair)
+
+
+@pytest.fixture(scope="session", name="chromium")
+def chromium_fixture() -> Iterator[Any]:
+    """Debian's Chromium driven by Playwright (never downloaded: ``executable_path``)."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    if not (os.path.exists(CHROMIUM) or shutil.which("chromium")):
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium)")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture(name="page")
+def page_fixture(chromium: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A fresh browser context at the EHR's iframe size; a screenshot is saved after each test."""
+    context = chromium.new_context(viewport={"width": 1024, "height": 800})
+    context.set_default_timeout(15000)
+    pg = context.new_page()
+    try:
+        yield pg
+    finally:
+        OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
+        name = request.node.name.replace("/", "_").replace("[", "-").replace("]", "")
+        try:
+            pg.wait_for_timeout(250)  # let the cross-origin iframe paint before the capture
+            pg.screenshot(path=str(OUTPUT_DIR / f"{name}.png"), full_page=True)
+        finally:
+            context.close()
+
+
+def app_frame(pg: Any) -> Any:
+    """The app's iframe inside the sandbox EHR page."""
+    return pg.frame_locator("iframe")

@@ -1,0 +1,141 @@
+"""The review page in a real browser (issue 5 "Tests and evidence"): Debian's Chromium, driven by
+Playwright, opens the sandbox EHR on 127.0.0.1, which launches the app from localhost in a cross-site
+iframe. Each test saves a full-page screenshot under test-output/browser/."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.browser import Servers, app_frame, chromium_fixture, live_fixture, page_fixture
+
+__all__ = ["chromium_fixture", "live_fixture", "page_fixture"]
+pytestmark = pytest.mark.e2e
+
+#: One sandbox patient per classification (tests/cases/9xx-patient-*.json).
+PATIENTS = {
+    "evance": "Red flags present",
+    "tokafor": "Not consistent with back mice",
+    "hmueller": "Back mice unlikely",
+    "rsantos": "Confirmed by diagnostic injection",
+    "jkowalski": "Probable back mouse",
+    "apatel": "Possible back mouse",
+    "dnguyen": "Not enough data yet",
+}
+
+
+def open_chart(page: Any, live: Servers, patient_id: str) -> Any:
+    """EHR patient list → "Open chart and launch app" → the app's review page in the iframe."""
+    page.goto(f"{live.ehr_url}/ehr")
+    page.locator(f"button[name=patient][value='{patient_id}']").click()
+    frame = app_frame(page)
+    frame.locator("h1#headline").wait_for()
+    return frame
+
+
+@pytest.mark.parametrize("patient_id", sorted(PATIENTS))
+def test_review_for_each_classification(page: Any, live: Servers, patient_id: str) -> None:
+    frame = open_chart(page, live, patient_id)
+    assert PATIENTS[patient_id] in frame.locator(".headline .badge-class").inner_text()
+    assert frame.locator("h1").count() == 1
+    assert frame.locator("#criteria-title").is_visible()
+    # the app really runs cross-site: iframe from localhost inside the 127.0.0.1 EHR page
+    src = page.locator("iframe").get_attribute("src")
+    assert src.startswith(live.app_url)
+    if patient_id == "evance":
+        flag = frame.locator(".flag-block")
+        assert flag.first.is_visible()
+        assert "Procedure suggestion withheld" in flag.first.inner_text()
+
+
+def test_write_draft_then_result(page: Any, live: Servers) -> None:
+    frame = open_chart(page, live, "jkowalski")
+    assert frame.locator(".flag-warn").count() >= 1  # WARN shown above the suggestion
+    frame.get_by_role("button", name="Write draft to chart").click()
+    frame.locator("h1#result-title").wait_for()
+    assert frame.locator("h1#result-title").inner_text() == "Draft written to the chart"
+    table = frame.locator("table.written").inner_text()
+    for rtype in ("ClinicalImpression", "ServiceRequest", "DetectedIssue", "Provenance"):
+        assert rtype in table
+    # writing again from a fresh review creates nothing new
+    frame.get_by_role("link", name="Back to the review").click()
+    frame.get_by_role("button", name="Write draft to chart").click()
+    frame.locator("h1#result-title").wait_for()
+    assert "created" not in frame.locator("table.written tbody").inner_text()
+
+
+def test_red_flag_patient_writes_no_service_request(page: Any, live: Servers) -> None:
+    frame = open_chart(page, live, "evance")
+    assert "No ServiceRequest is in this draft" in frame.locator("section.draft").inner_text()
+    frame.get_by_role("button", name="Write draft to chart").click()
+    frame.locator("h1#result-title").wait_for()
+    table = frame.locator("table.written").inner_text()
+    assert "DetectedIssue" in table
+    assert "ServiceRequest" not in table
+
+
+def test_exam_capture_moves_insufficient_to_probable(page: Any, live: Servers) -> None:
+    frame = open_chart(page, live, "dnguyen")
+    assert "Not enough data yet" in frame.locator(".badge-class").inner_text()
+    form = frame.locator("form.exam-form")
+    form.get_by_role("radio", name="Present").check()
+    form.get_by_label("Site of the nodule").select_option("posterior-iliac-crest")
+    form.get_by_label("Side").select_option("left")
+    form.get_by_role("checkbox", name="Mobile").check()
+    form.locator("input[name=pain_reproduced][value=yes]").check()
+    form.locator("input[name=neuro][value=no]").check()
+    form.get_by_role("button", name="Record exam and reassess").click()
+    frame.locator(".flash-success").wait_for()
+    assert "Exam saved to the chart" in frame.locator(".flash-success").inner_text()
+    assert "Probable back mouse" in frame.locator(".badge-class").inner_text()
+
+
+def app_frame_handle(page: Any, live: Servers) -> Any:
+    return next(f for f in page.frames if f.url.startswith(live.app_url))
+
+
+def _active_id(frame_handle: Any) -> str:
+    return str(frame_handle.evaluate("document.activeElement ? document.activeElement.id : ''"))
+
+
+def test_keyboard_only_write_back(page: Any, live: Servers) -> None:
+    open_chart(page, live, "apatel")
+    frame_handle = app_frame_handle(page, live)
+    page.locator("iframe").focus()
+    for _ in range(300):
+        page.keyboard.press("Tab")
+        if _active_id(frame_handle) == "write-draft":
+            break
+    else:
+        pytest.fail("the write button is not reachable with Tab")
+    outline = frame_handle.evaluate(
+        "(() => { const s = getComputedStyle(document.activeElement);"
+        " return [s.outlineStyle, s.outlineWidth]; })()"
+    )
+    assert outline[0] != "none" and outline[1] != "0px", outline
+    page.keyboard.press("Enter")
+    app_frame(page).locator("h1#result-title").wait_for()
+    assert app_frame(page).locator("h1#result-title").inner_text() == "Draft written to the chart"
+
+
+def test_accessible_structure_and_no_horizontal_scroll_at_800(page: Any, live: Servers) -> None:
+    page.set_viewport_size({"width": 800, "height": 600})
+    open_chart(page, live, "jkowalski")
+    frame_handle = app_frame_handle(page, live)
+    report = frame_handle.evaluate(
+        """(() => {
+          const doc = document.documentElement;
+          const unlabelled = [...document.querySelectorAll('input, select, textarea')]
+            .filter(el => el.type !== 'hidden' && el.labels.length === 0 && !el.getAttribute('aria-label'))
+            .map(el => el.name);
+          const levels = [...document.querySelectorAll('h1, h2, h3, h4')].map(h => Number(h.tagName[1]));
+          const jumps = levels.filter((l, i) => i > 0 && l > levels[i - 1] + 1);
+          return {scroll: doc.scrollWidth - doc.clientWidth, unlabelled, levels, jumps,
+                  lang: doc.lang, main: document.querySelectorAll('main').length};
+        })()"""
+    )
+    assert report["scroll"] <= 0, report
+    assert report["unlabelled"] == [], report
+    assert report["levels"][0] == 1 and report["jumps"] == [], report
+    assert report["lang"] == "en" and report["main"] == 1
