@@ -1,0 +1,198 @@
+"""Canonical URLs, references and report types for the auditor tools (issue 6; CLINICAL.md "Canonical
+URLs")."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+BASE = "https://smart-app.example/fhir"
+CRITERIA_URL = f"{BASE}/criteria/back-mice"
+FINDING_SYSTEM = f"{BASE}/CodeSystem/back-mice-finding"
+RED_FLAG_SYSTEM = f"{BASE}/CodeSystem/back-mice-red-flag"
+CLASSIFICATION_SYSTEM = f"{BASE}/CodeSystem/back-mice-classification"
+NEXT_STEP_SYSTEM = f"{BASE}/CodeSystem/back-mice-next-step"
+CLASSIFICATION_EXTENSION = f"{BASE}/StructureDefinition/back-mice-classification"
+NEXT_STEP_EXTENSION = f"{BASE}/StructureDefinition/back-mice-next-step"
+DRAFT_IDENTIFIER_SYSTEM = f"{BASE}/identifier/draft"
+DEVICE_IDENTIFIER_SYSTEM = f"{BASE}/identifier/device"
+WORKFLOW_SYSTEM = f"{BASE}/CodeSystem/workflow"
+WORKFLOW_CODE = "draft-requires-review"
+APP_DEVICE = "Device/smart-app-back-mice"
+
+#: Resource types a write-back creates besides the shared Device (DESIGN.md "What is written").
+ASSESSMENT_TYPES = ("ClinicalImpression", "DocumentReference")
+WRITTEN_TYPES = ("ClinicalImpression", "DocumentReference", "ServiceRequest", "DetectedIssue")
+
+_REF = re.compile(r"^(?:.*/)?([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/([A-Za-z0-9\-.]{1,64}))?$")
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A parsed literal reference ``Type/id[/_history/vid]`` (FHIR R4 "References", literal references)."""
+
+    type: str
+    id: str
+    version: str | None = None
+
+    @classmethod
+    def parse(cls, reference: str | None) -> Ref | None:
+        """Parse a relative or absolute literal reference; ``None`` for urn:uuid, contained or junk."""
+        if not reference or reference.startswith(("#", "urn:")):
+            return None
+        m = _REF.match(reference.strip())
+        if m is None:
+            return None
+        return cls(m.group(1), m.group(2), m.group(3))
+
+    @property
+    def plain(self) -> str:
+        return f"{self.type}/{self.id}"
+
+    def __str__(self) -> str:
+        return f"{self.plain}/_history/{self.version}" if self.version else self.plain
+
+
+def ref_of(resource: dict[str, Any]) -> str:
+    """``Type/id`` of a resource as read from the server."""
+    return f"{resource.get('resourceType')}/{resource.get('id')}"
+
+
+def version_of(resource: dict[str, Any]) -> str | None:
+    meta = resource.get("meta") or {}
+    vid = meta.get("versionId")
+    return str(vid) if vid is not None else None
+
+
+def has_workflow_tag(resource: dict[str, Any]) -> bool:
+    """Whether ``meta.tag`` carries the app's draft workflow tag (clinical-evidence §4.4)."""
+    return any(
+        t.get("system") == WORKFLOW_SYSTEM and t.get("code") == WORKFLOW_CODE
+        for t in (resource.get("meta") or {}).get("tag") or []
+        if isinstance(t, dict)
+    )
+
+
+def draft_identifiers(resource: dict[str, Any]) -> list[str]:
+    """Values of the app's deterministic draft identifiers on ``resource``."""
+    return [
+        str(i.get("value"))
+        for i in resource.get("identifier") or []
+        if isinstance(i, dict) and i.get("system") == DRAFT_IDENTIFIER_SYSTEM and i.get("value")
+    ]
+
+
+def split_canonical(value: str) -> tuple[str, str | None]:
+    """``url|version`` → (url, version) (FHIR R4 "canonical" datatype)."""
+    url, sep, version = value.partition("|")
+    return url, (version or None) if sep else None
+
+
+@dataclass
+class Finding:
+    """Something an auditor should look at; ``kind`` values are listed in docs/auditors.md."""
+
+    kind: str
+    reference: str
+    detail: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "reference": self.reference, "detail": self.detail}
+
+
+@dataclass
+class WrittenResource:
+    """One resource of a write as it is now on the server."""
+
+    reference: str
+    resource_type: str
+    written_version: str | None
+    current_version: str | None
+    state: str  # draft | signed | entered-in-error | missing
+    changed: list[str] = field(default_factory=list)  # elements changed since written (besides status)
+    resource: dict[str, Any] | None = None
+
+
+@dataclass
+class Write:
+    """One write-back: the resources one Provenance covers (or that share an orphaned assessment)."""
+
+    assessment: str | None
+    patient: str | None
+    written_at: str | None
+    author: str | None
+    criteria: dict[str, str | None]
+    resources: list[WrittenResource]
+    provenance: str | None
+    status: str
+    provenance_resource: dict[str, Any] | None = None
+    sources: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "assessment": self.assessment,
+            "patient": self.patient,
+            "written_at": self.written_at,
+            "author": self.author,
+            "criteria": dict(self.criteria),
+            "resources": [r.reference for r in self.resources],
+            "provenance": self.provenance,
+            "status": self.status,
+        }
+
+
+@dataclass
+class AuditReport:
+    """The ``audit list`` result: ``{"writes": [...], "findings": [...]}``."""
+
+    writes: list[Write]
+    findings: list[Finding]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "writes": [w.to_json() for w in self.writes],
+            "findings": [f.to_json() for f in self.findings],
+        }
+
+
+@dataclass
+class Difference:
+    field: str
+    written: Any
+    recomputed: Any
+
+    def to_json(self) -> dict[str, Any]:
+        return {"field": self.field, "written": self.written, "recomputed": self.recomputed}
+
+
+@dataclass
+class VerifyReport:
+    """The ``audit verify`` result: whether the written conclusion is reproduced, field by field."""
+
+    assessment: str
+    reproduced: bool
+    differences: list[Difference]
+    provenance: str | None = None
+    criteria: dict[str, str | None] = field(default_factory=dict)
+    evaluated_at: str | None = None
+    sources: list[dict[str, Any]] = field(default_factory=list)  # reference, version, status (read/missing)
+    notes: list[str] = field(default_factory=list)
+    written: dict[str, Any] = field(default_factory=dict)
+    recomputed: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "assessment": self.assessment,
+            "reproduced": self.reproduced,
+            "differences": [d.to_json() for d in self.differences],
+            "provenance": self.provenance,
+            "criteria": dict(self.criteria),
+            "evaluated_at": self.evaluated_at,
+            "sources": list(self.sources),
+            "notes": list(self.notes),
+        }
+
+
+class AuditInputError(Exception):
+    """The input cannot be audited (exit status 2): a bad reference, unreadable export, unknown criteria."""

@@ -1,0 +1,180 @@
+"""Where the auditor reads from: a live FHIR server or a Bundle export (FHIR R4 "RESTful API": read, vread,
+search; "Bundle")."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+import orjson
+
+from smart_app.audit.model import AuditInputError, Ref, version_of
+
+_ID_RE = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+
+
+class NotFound(Exception):
+    """The resource (or that version of it) is not there: 404 or 410 Gone (deleted)."""
+
+
+class NotAccessible(NotFound):
+    """403: the token does not allow reading it (e.g. another patient under a patient-level launch)."""
+
+
+class UnsupportedSearch(Exception):
+    """The server refused a search parameter (a 400 on an unknown parameter)."""
+
+
+class Source(Protocol):
+    """The few read interactions the auditor needs."""
+
+    def read(self, resource_type: str, resource_id: str) -> dict[str, Any]: ...
+
+    def vread(self, resource_type: str, resource_id: str, version_id: str) -> dict[str, Any]: ...
+
+    def search(self, resource_type: str, params: dict[str, str]) -> list[dict[str, Any]]: ...
+
+
+class FhirReader(Protocol):
+    """What ``smart_app.fhir.FhirClient`` offers (CONTRACT.md, smart_app.fhir)."""
+
+    def read(self, resource_type: str, resource_id: str) -> dict[str, Any]: ...
+
+    def search_all(self, resource_type: str, params: dict[str, str]) -> list[dict[str, Any]]: ...
+
+
+def _status(exc: BaseException) -> int | None:
+    status = getattr(exc, "status", None)
+    return status if isinstance(status, int) else None
+
+
+class FhirSource:
+    """Reads through a FhirClient; 404/410 become :class:`NotFound`, another 4xx on a search
+    :class:`UnsupportedSearch`."""
+
+    def __init__(self, client: FhirReader) -> None:
+        self.client = client
+
+    def read(self, resource_type: str, resource_id: str) -> dict[str, Any]:
+        try:
+            return self.client.read(resource_type, resource_id)
+        except Exception as exc:
+            if _status(exc) in (404, 410):
+                raise NotFound(f"{resource_type}/{resource_id}") from exc
+            if _status(exc) == 403:
+                raise NotAccessible(f"{resource_type}/{resource_id}") from exc
+            raise
+
+    def vread(self, resource_type: str, resource_id: str, version_id: str) -> dict[str, Any]:
+        """FHIR R4 "vread": ``GET [base]/[type]/[id]/_history/[vid]``."""
+        if not (_ID_RE.fullmatch(resource_id) and _ID_RE.fullmatch(version_id)):
+            raise NotFound(f"{resource_type}/{resource_id}/_history/{version_id}")
+        vread = getattr(self.client, "vread", None)
+        try:
+            if callable(vread):
+                result = vread(resource_type, resource_id, version_id)
+            else:
+                result = self._vread_fallback(resource_type, resource_id, version_id)
+        except Exception as exc:
+            if _status(exc) in (404, 410):
+                raise NotFound(f"{resource_type}/{resource_id}/_history/{version_id}") from exc
+            if _status(exc) == 403:
+                raise NotAccessible(f"{resource_type}/{resource_id}/_history/{version_id}") from exc
+            raise
+        if not isinstance(result, dict):
+            raise NotFound(f"{resource_type}/{resource_id}/_history/{version_id}")
+        return result
+
+    def _vread_fallback(self, resource_type: str, resource_id: str, version_id: str) -> Any:
+        """For a client without ``vread``: the same GET through its (base-checked) transport."""
+        request = getattr(self.client, "_request", None)
+        decode = getattr(self.client, "_json_body", None)
+        base = getattr(self.client, "base_url", None)
+        if not (callable(request) and callable(decode) and isinstance(base, str)):
+            raise NotImplementedError("this FHIR client cannot read a resource version (vread)")
+        response = request("GET", f"{base}/{resource_type}/{resource_id}/_history/{version_id}")
+        result = decode(response)
+        if not isinstance(result, dict) or result.get("resourceType") != resource_type:
+            return None
+        return result
+
+    def search(self, resource_type: str, params: dict[str, str]) -> list[dict[str, Any]]:
+        try:
+            found = self.client.search_all(resource_type, params)
+        except Exception as exc:
+            status = _status(exc)
+            if status is not None and 400 <= status < 500 and status not in (401, 403):
+                raise UnsupportedSearch(f"{resource_type}?{sorted(params)}: {status}") from exc
+            raise
+        return [r for r in found if isinstance(r, dict) and r.get("resourceType") == resource_type]
+
+
+class BundleSource:
+    """An offline export: any Bundle whose entries hold the written resources and the source versions.
+
+    Several versions of one resource may be present (``meta.versionId``, or a ``fullUrl`` ending in
+    ``/_history/n``); ``read`` answers with the highest, ``vread`` with the one asked for.
+    """
+
+    def __init__(self, resources: Iterable[dict[str, Any]]) -> None:
+        self._versions: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+        self._unversioned: dict[tuple[str, str], dict[str, Any]] = {}
+        for res in resources:
+            rtype, rid = res.get("resourceType"), res.get("id")
+            if not isinstance(rtype, str) or not isinstance(rid, str):
+                continue
+            vid = version_of(res)
+            if vid is None:
+                self._unversioned[(rtype, rid)] = res
+            else:
+                self._versions.setdefault((rtype, rid), {})[vid] = res
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> BundleSource:
+        try:
+            bundle = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise AuditInputError(f"the export is not JSON ({exc})") from exc
+        if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+            raise AuditInputError("the export is not a FHIR Bundle")
+        resources: list[dict[str, Any]] = []
+        for entry in bundle.get("entry") or []:
+            res = entry.get("resource") if isinstance(entry, dict) else None
+            if not isinstance(res, dict):
+                continue
+            ref = Ref.parse(str(entry.get("fullUrl") or ""))
+            if ref and ref.version and version_of(res) is None:
+                res = {**res, "meta": {**(res.get("meta") or {}), "versionId": ref.version}}
+            resources.append(res)
+        return cls(resources)
+
+    @staticmethod
+    def _order(vid: str) -> tuple[int, str]:
+        return (int(vid), vid) if vid.isdigit() else (-1, vid)
+
+    def _all_current(self, resource_type: str) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        keys = {k for k in (*self._versions, *self._unversioned) if k[0] == resource_type}
+        for rtype, rid in sorted(keys):
+            out.append(self.read(rtype, rid))
+        return out
+
+    def read(self, resource_type: str, resource_id: str) -> dict[str, Any]:
+        versions = self._versions.get((resource_type, resource_id))
+        if versions:
+            return versions[max(versions, key=self._order)]
+        res = self._unversioned.get((resource_type, resource_id))
+        if res is None:
+            raise NotFound(f"{resource_type}/{resource_id}")
+        return res
+
+    def vread(self, resource_type: str, resource_id: str, version_id: str) -> dict[str, Any]:
+        res = (self._versions.get((resource_type, resource_id)) or {}).get(version_id)
+        if res is None:
+            raise NotFound(f"{resource_type}/{resource_id}/_history/{version_id}")
+        return res
+
+    def search(self, resource_type: str, params: dict[str, str]) -> list[dict[str, Any]]:
+        """Every current resource of the type; callers filter (the export is already the selection)."""
+        return self._all_current(resource_type)

@@ -1,0 +1,296 @@
+"""``audit verify``: re-run the criteria version a write names, on the source versions it recorded, at the
+evaluation time it recorded, and compare the conclusion field by field (issue 6 §2; CLINICAL.md "Reading
+the record": the evaluation time is an input so a past assessment can be reproduced exactly;
+clinical-evidence §4.3: Provenance.entity versioned references, Provenance.policy criteria url|version).
+The written classification and next step are read from their codings (fhir_profiles/README.md), and from
+the narrative only for writes that carry no coded value (:mod:`smart_app.audit.conclusion`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from smart_app.audit.conclusion import recomputed_conclusion, written_conclusion
+from smart_app.audit.listing import (
+    TAG_PARAM,
+    app_device_refs,
+    is_app_provenance,
+    provenance_criteria,
+)
+from smart_app.audit.model import (
+    APP_DEVICE,
+    ASSESSMENT_TYPES,
+    CRITERIA_URL,
+    AuditInputError,
+    Difference,
+    Ref,
+    VerifyReport,
+    split_canonical,
+    version_of,
+)
+from smart_app.audit.source import NotAccessible, NotFound, Source, UnsupportedSearch
+
+#: The compared fields, in report order (issue 6 §2).
+COMPARED = ("criteria", "classification", "next_step", "red_flags", "procedure_suggestion")
+
+#: ``(record, as_of, criteria_version, criteria_dirs) -> Assessment JSON``; replaceable in tests.
+Evaluator = Callable[[Any, datetime, str, Sequence[Path]], dict[str, Any]]
+
+
+def find_provenance(source: Source, target: Ref) -> list[dict[str, Any]]:
+    """App Provenances whose ``target`` names ``target`` (any version), newest ``recorded`` first.
+
+    Asks ``Provenance?target=`` first (R4 search parameter); servers that ignore or refuse it are
+    covered by the app's agent/tag searches, filtered here.
+    """
+    found: dict[str, dict[str, Any]] = {}
+    devices = app_device_refs(source)
+    for params in ({"target": target.plain}, {"_tag": TAG_PARAM}, {"agent": APP_DEVICE}):
+        try:
+            results = source.search("Provenance", params)
+        except UnsupportedSearch:
+            continue
+        for prov in results:
+            targets = {
+                r.plain
+                for t in prov.get("target") or []
+                if isinstance(t, dict) and (r := Ref.parse(t.get("reference"))) is not None
+            }
+            if target.plain in targets and is_app_provenance(prov, devices):
+                found[f"Provenance/{prov.get('id')}"] = prov
+        if found:
+            break
+    return sorted(found.values(), key=lambda p: str(p.get("recorded") or ""), reverse=True)
+
+
+def evaluation_time(resource: dict[str, Any], provenance: dict[str, Any] | None) -> tuple[datetime, str]:
+    """The recorded evaluation time: ClinicalImpression.effectiveDateTime (DocumentReference: ``date``),
+    else Provenance.recorded. Returns (time, where it came from)."""
+    candidates: list[tuple[Any, str]] = []
+    if resource.get("resourceType") == "ClinicalImpression":
+        candidates.append((resource.get("effectiveDateTime"), "ClinicalImpression.effectiveDateTime"))
+        candidates.append(
+            ((resource.get("effectivePeriod") or {}).get("end"), "ClinicalImpression.effectivePeriod")
+        )
+        candidates.append((resource.get("date"), "ClinicalImpression.date"))
+    else:
+        candidates.append(
+            (((resource.get("context") or {}).get("period") or {}).get("end"), "context.period.end")
+        )
+        candidates.append((resource.get("date"), "DocumentReference.date"))
+    if provenance is not None:
+        candidates.append((provenance.get("recorded"), "Provenance.recorded"))
+    for value, where in candidates:
+        if isinstance(value, str) and value:
+            try:
+                parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                continue
+            return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)), where
+    raise AuditInputError(f"{resource.get('resourceType')}/{resource.get('id')} records no evaluation time")
+
+
+def registry_with(criteria_dirs: Sequence[Path]) -> Any:
+    """The shipped criteria versions plus those in ``criteria_dirs`` (a released version is never
+    replaced: the same version twice is an error)."""
+    from smart_app.clinical import criteria
+
+    return criteria.load_registry([criteria.CRITERIA_DIR, *criteria_dirs])
+
+
+def default_evaluator(
+    record: Any, as_of: datetime, version: str, criteria_dirs: Sequence[Path]
+) -> dict[str, Any]:
+    """``smart_app.clinical.assess`` with the named criteria version (extra directories for locally
+    published versions)."""
+    from smart_app.clinical.engine import assess
+
+    if criteria_dirs:
+        result: dict[str, Any] = assess(
+            record, as_of, version, registry=registry_with(criteria_dirs)
+        ).to_json()
+        return result
+    return dict(assess(record, as_of, version).to_json())
+
+
+def _read_written(source: Source, ref: Ref) -> dict[str, Any] | None:
+    try:
+        return source.read(ref.type, ref.id)
+    except NotFound:
+        return None
+
+
+def verify_assessment(
+    source: Source,
+    assessment: str,
+    *,
+    criteria_dirs: Sequence[Path] = (),
+    evaluator: Evaluator | None = None,
+) -> VerifyReport:
+    """Reproduce the write whose assessment is ``assessment`` (``ClinicalImpression/ID`` or
+    ``DocumentReference/ID``). Raises :class:`AuditInputError` when it cannot be attempted."""
+    ref = Ref.parse(assessment)
+    if ref is None or ref.type not in ASSESSMENT_TYPES:
+        raise AuditInputError(
+            f"{assessment!r} is not a ClinicalImpression/ID or DocumentReference/ID reference"
+        )
+    try:
+        current = source.read(ref.type, ref.id)
+    except NotAccessible as exc:
+        raise AuditInputError(f"{ref.plain} cannot be read with the granted scopes") from exc
+    except NotFound as exc:
+        raise AuditInputError(f"{ref.plain} was not found") from exc
+    report = VerifyReport(assessment=ref.plain, reproduced=False, differences=[])
+    provenances = find_provenance(source, ref)
+    if not provenances:
+        report.differences.append(
+            Difference("provenance", None, "an app Provenance naming the criteria version and the sources")
+        )
+        report.notes.append(
+            f"No Provenance naming {APP_DEVICE} targets {ref.plain}: it cannot be traced to its sources, "
+            "so it cannot be reproduced."
+        )
+        return report
+    if len(provenances) > 1:
+        report.notes.append(f"{len(provenances)} app Provenances target {ref.plain}; the newest is used.")
+    prov = provenances[0]
+    report.provenance = f"Provenance/{prov.get('id')}"
+    criteria = provenance_criteria(prov)
+    report.criteria = criteria
+    if criteria["url"] != CRITERIA_URL or not criteria["version"]:
+        raise AuditInputError(f"{report.provenance} names no back-mice criteria version in Provenance.policy")
+    version = str(criteria["version"])
+    as_of, where = evaluation_time(current, prov)
+    report.evaluated_at = as_of.isoformat().replace("+00:00", "Z")
+    if where != "ClinicalImpression.effectiveDateTime":
+        report.notes.append(f"Evaluation time taken from {where}.")
+    written_version = _target_version(prov, ref)
+    if version_of(current) not in (None, written_version):
+        report.notes.append(
+            f"{ref.plain} is now version {version_of(current)} (written as version {written_version}); "
+            "the current content is compared."
+        )
+
+    written_resources = [current]
+    for target in prov.get("target") or []:
+        tref = Ref.parse(target.get("reference")) if isinstance(target, dict) else None
+        if tref is None or tref.plain == ref.plain:
+            continue
+        res = _read_written(source, tref)
+        if res is None:
+            report.notes.append(f"{tref.plain} (a target of {report.provenance}) was not found.")
+        else:
+            written_resources.append(res)
+
+    record, source_rows, source_notes = _rebuild_record(source, prov, current)
+    report.sources = source_rows
+    report.notes.extend(source_notes)
+
+    evaluate = evaluator or default_evaluator
+    try:
+        recomputed = evaluate(record, as_of, version, criteria_dirs)
+    except (KeyError, ValueError) as exc:  # CriteriaError is a ValueError
+        raise AuditInputError(f"criteria {CRITERIA_URL}|{version} cannot be evaluated here: {exc}") from exc
+    written = written_conclusion(written_resources, report.notes)
+    written["criteria"] = _written_criteria(current) or f"{criteria['url']}|{version}"
+    again = recomputed_conclusion(recomputed)
+    again["criteria"] = f"{criteria['url']}|{version}"
+    report.written, report.recomputed = written, again
+    for name in COMPARED:
+        if written.get(name) != again.get(name):
+            report.differences.append(Difference(name, written.get(name), again.get(name)))
+    report.reproduced = not report.differences
+    return report
+
+
+def _target_version(prov: dict[str, Any], ref: Ref) -> str:
+    for target in prov.get("target") or []:
+        tref = Ref.parse(target.get("reference")) if isinstance(target, dict) else None
+        if tref is not None and tref.plain == ref.plain and tref.version:
+            return tref.version
+    return "1"
+
+
+def _written_criteria(resource: dict[str, Any]) -> str | None:
+    """The criteria the assessment itself names (ClinicalImpression.protocol); compared with the policy."""
+    for value in resource.get("protocol") or []:
+        if isinstance(value, str) and value.startswith(CRITERIA_URL):
+            url, version = split_canonical(value)
+            return f"{url}|{version}" if version else url
+    return None
+
+
+def _rebuild_record(
+    source: Source, prov: dict[str, Any], assessment: dict[str, Any]
+) -> tuple[Any, list[dict[str, Any]], list[str]]:
+    """The PatientRecord the criteria saw: each Provenance entity at its recorded version, and the Patient."""
+    from smart_app.clinical.record import PatientRecord
+
+    rows: list[dict[str, Any]] = []
+    notes: list[str] = []
+    resources: list[dict[str, Any]] = []
+    patient: dict[str, Any] | None = None
+    subject = Ref.parse((assessment.get("subject") or {}).get("reference"))
+    for entity in prov.get("entity") or []:
+        what = (entity or {}).get("what") if isinstance(entity, dict) else None
+        eref = Ref.parse(what.get("reference")) if isinstance(what, dict) else None
+        if eref is None:
+            notes.append("A Provenance entity without a literal reference was skipped.")
+            continue
+        row: dict[str, Any] = {"reference": eref.plain, "version": eref.version, "status": "read"}
+        try:
+            if eref.version:
+                res = source.vread(eref.type, eref.id, eref.version)
+            else:
+                res = source.read(eref.type, eref.id)
+                row["status"] = "read (current version; none recorded)"
+                notes.append(f"{eref.plain} was recorded without a version; its current version was used.")
+        except NotFound:
+            row["status"] = "missing"
+            notes.append(f"{eref} could not be read: the recomputation runs without it.")
+            rows.append(row)
+            continue
+        if eref.version:
+            try:
+                now = source.read(eref.type, eref.id)
+            except NotFound:
+                notes.append(f"{eref.plain} has been deleted since the write.")
+            else:
+                if version_of(now) not in (None, eref.version):
+                    row["current_version"] = version_of(now)
+                    notes.append(
+                        f"{eref.plain} has changed since the write (version {eref.version} used, now "
+                        f"version {version_of(now)}); a new assessment today may conclude differently."
+                    )
+        rows.append(row)
+        if res.get("resourceType") == "Patient":
+            patient = res
+        else:
+            resources.append(res)
+    if patient is None and subject is not None and subject.type == "Patient":
+        try:
+            patient = source.read("Patient", subject.id)
+            notes.append(f"{subject.plain} is not a Provenance entity; its current version was used.")
+        except NotFound:
+            patient = None
+    if patient is None:
+        raise AuditInputError("the assessment's Patient cannot be read")
+    return PatientRecord(patient=patient, resources=resources), rows, notes
+
+
+def verify_bundle(data: bytes, assessment: str | None = None, **kwargs: Any) -> list[VerifyReport]:
+    """Offline review of an export: verify ``assessment``, or every assessment the export holds."""
+    from smart_app.audit.source import BundleSource
+
+    source = BundleSource.from_bytes(data)
+    if assessment:
+        return [verify_assessment(source, assessment, **kwargs)]
+    refs: list[str] = []
+    for rtype in ASSESSMENT_TYPES:
+        refs.extend(f"{rtype}/{r.get('id')}" for r in source.search(rtype, {}))
+    if not refs:
+        raise AuditInputError("the export holds no ClinicalImpression or DocumentReference")
+    return [verify_assessment(source, r, **kwargs) for r in refs]

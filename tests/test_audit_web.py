@@ -1,0 +1,128 @@
+"""The auditor page ``/audit`` against the sandbox over HTTP, with a launch in the app's session."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.audit_fixtures import AUTHOR, Sandbox, sandbox  # noqa: F401
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def app(tmp_path: Path, sandbox: Sandbox) -> Any:  # noqa: F811
+    from smart_app import create_app
+
+    regs = tmp_path / "registrations"
+    regs.mkdir()
+    (regs / "audit-test.json").write_text(
+        json.dumps(
+            {
+                "id": "audit-test",
+                "name": "Sandbox",
+                "iss": sandbox.base,
+                "client_id": "audit-test",
+                "client_type": "public",
+                "scopes": "launch openid fhirUser user/*.rs",
+                "frame_ancestors": ["http://127.0.0.1"],
+            }
+        )
+    )
+    app = create_app(
+        {
+            "TESTING": True,
+            "SESSION_COOKIE_SAMESITE": "Lax",
+            "SESSION_COOKIE_SECURE": False,
+            "REGISTRATIONS_DIRS": [str(regs)],
+            "FHIR_MAX_RETRIES": 0,
+            "AUDIT_LOG_PATH": str(tmp_path / "audit.jsonl"),
+        }
+    )
+    from smart_app import auditlog
+
+    if auditlog.EXTENSION_KEY not in app.extensions:  # until create_app calls auditlog.init_app
+        auditlog.init_app(app)
+    return app
+
+
+def launch(client: Any, box: Sandbox, scope: str, token: str, patient: str = "apatel") -> None:
+    with client.session_transaction() as sess:
+        sess["smart"] = {
+            "iss": box.base,
+            "fhir_base": box.base,
+            "patient": patient,
+            "encounter": None,
+            "fhir_user": AUTHOR,
+            "need_patient_banner": False,
+            "smart_style_url": None,
+            "scope": scope,
+            "registration_id": "audit-test",
+            "access_token": token,
+            "refresh_token": None,
+            "expires_at": 4102444800,
+            "token_endpoint": box.base.removesuffix("/fhir") + "/auth/token",
+            "ehr_name": "Sandbox",
+        }
+
+
+def test_page_needs_a_launch(app: Any) -> None:
+    assert app.test_client().get("/audit").status_code == 401
+
+
+def test_page_explains_each_write(app: Any, sandbox: Sandbox, tmp_path: Path) -> None:  # noqa: F811
+    ok = sandbox.write_for("apatel")
+    edited = sandbox.write_for("jkowalski")
+    sr_ref = next(r for r in edited["refs"] if r.startswith("ServiceRequest/"))
+    sr = sandbox.client().read("ServiceRequest", sr_ref.split("/")[1])
+    sr["bodySite"] = [{"text": "right forearm"}]
+    answer = requests.put(
+        f"{sandbox.base}/{sr_ref}",
+        data=json.dumps(sr),
+        headers={"Authorization": f"Bearer {sandbox.token}", "Content-Type": "application/fhir+json"},
+        timeout=10,
+    )
+    assert answer.status_code == 200
+
+    client = app.test_client()
+    launch(client, sandbox, "launch openid fhirUser user/*.rs", sandbox.token)
+    page = client.get("/audit")
+    assert page.status_code == 200, page.data[:500]
+    html = page.get_data(as_text=True)
+    assert "2 write(s) found" in html
+    for text in (
+        "Reproduces",
+        "Does not reproduce",
+        "Possible back mouse",
+        "Probable back mouse",
+        "https://smart-app.example/fhir/criteria/back-mice version 1.0.0",
+        AUTHOR,
+        ok["assessment"],
+        "procedure suggestion",
+        "right forearm",
+        "Someone changed this after the app wrote it",
+        "From which records",
+    ):
+        assert text in html, text
+    assert not re.search(r"<script(?![^>]*\bsrc=)[^>]*>", html)  # no inline script
+    log = (tmp_path / "audit.jsonl").read_text()
+    assert sandbox.token not in log
+    last = json.loads(log.splitlines()[-1])
+    assert last["kind"] == "audit" and last["command"] == "page" and last["findings"] == 1
+
+
+def test_patient_level_launch_sees_only_its_patient(app: Any, sandbox: Sandbox) -> None:  # noqa: F811
+    mine = sandbox.write_for("apatel")
+    other = sandbox.write_for("evance")
+    token = sandbox.new_token(("patient/*.rs",), patient="apatel")
+    client = app.test_client()
+    launch(client, sandbox, "launch openid fhirUser patient/*.rs", token, patient="apatel")
+    html = client.get("/audit").get_data(as_text=True)
+    assert mine["assessment"] in html
+    assert other["assessment"] not in html
+    assert "1 write(s) found" in html
