@@ -35,12 +35,13 @@ SCOPES = [
     "patient/MedicationStatement.rs",
     "patient/MedicationRequest.rs",
     "patient/Observation.c",
-    "patient/ClinicalImpression.c",
-    "patient/ServiceRequest.c",
-    "patient/DetectedIssue.c",
-    "patient/Provenance.c",
-    "patient/DocumentReference.c",
-    "patient/Device.c",
+    # Conditional create (If-None-Exist) is a search, and a repeat answers with what exists: c, r and s.
+    "patient/ClinicalImpression.crs",
+    "patient/ServiceRequest.crs",
+    "patient/DetectedIssue.crs",
+    "patient/Provenance.crs",
+    "patient/DocumentReference.crs",
+    "patient/Device.crs",
 ]
 CLIENT_IDS = {
     "public": "back-mice-test-public",

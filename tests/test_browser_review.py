@@ -4,11 +4,21 @@ iframe. Each test saves a full-page screenshot under test-output/browser/."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.browser import Servers, app_frame, chromium_fixture, live_fixture, page_fixture
+from tests.browser import (
+    SCOPES,
+    Servers,
+    app_frame,
+    chromium_fixture,
+    live_fixture,
+    page_fixture,
+    start_servers,
+    stop_servers,
+)
 
 __all__ = ["chromium_fixture", "live_fixture", "page_fixture"]
 pytestmark = pytest.mark.e2e
@@ -139,3 +149,87 @@ def test_accessible_structure_and_no_horizontal_scroll_at_800(page: Any, live: S
     assert report["unlabelled"] == [], report
     assert report["levels"][0] == 1 and report["jumps"] == [], report
     assert report["lang"] == "en" and report["main"] == 1
+
+
+# --- accessibility: axe-core (axe-playwright-python bundles axe-core; it runs offline) ------------------
+#: axe impacts that fail the test; "minor" and "moderate" are reported by axe but not gating here.
+AXE_BLOCKING = ("serious", "critical")
+
+
+def axe_violations(frame_handle: Any) -> list[dict[str, Any]]:
+    """Serious and critical axe-core violations in the app's iframe document (WCAG 2.x A/AA rules and
+    axe's best practices). Every ``<details>`` is opened first, so the evidence and the raw FHIR JSON
+    behind the toggles are checked too (axe skips hidden content)."""
+    axe = pytest.importorskip("axe_playwright_python.sync_playwright",
+                              reason="axe-playwright-python is not installed")
+    frame_handle.evaluate("document.querySelectorAll('details').forEach(d => { d.open = true; })")
+    results = axe.Axe().run(frame_handle)
+    violations = results.response["violations"]
+    return [v for v in violations if v.get("impact") in AXE_BLOCKING]
+
+
+def explain(violations: list[dict[str, Any]]) -> str:
+    lines = []
+    for v in violations:
+        lines.append(f"{v['id']} ({v['impact']}): {v['help']} [{v.get('helpUrl', '')}]")
+        for node in v.get("nodes", [])[:5]:
+            summary = " ".join(str(node.get("failureSummary", "")).split())
+            lines.append(f"    {node.get('target')}: {summary[:300]}")
+    return "\n".join(lines)
+
+
+def default_style(page: Any) -> None:
+    """Serve the app's /theme.css as when the EHR gives no ``smart_style_url``: the app's own palette."""
+    page.context.route("**/theme.css", lambda route: route.fulfill(
+        status=200, content_type="text/css", body="/* EHR style not provided */\n"))
+
+
+@pytest.mark.parametrize("style", ["ehr-style", "default-style"])
+@pytest.mark.parametrize("patient_id", sorted(PATIENTS))
+def test_axe_review_page(page: Any, live: Servers, patient_id: str, style: str) -> None:
+    """axe-core on the review page inside the EHR iframe, with the sandbox's smart_style_url colours
+    and with the app's default ones. The axe script is injected through the DevTools protocol
+    (Playwright ``evaluate``), which the page's CSP (``script-src 'self'``) does not block."""
+    if style == "default-style":
+        default_style(page)
+    frame = open_chart(page, live, patient_id)
+    background = frame.locator("body").evaluate("b => getComputedStyle(b).backgroundColor")
+    assert (background == "rgb(255, 255, 255)") == (style == "default-style"), background
+    violations = axe_violations(app_frame_handle(page, live))
+    assert not violations, f"axe found on the review page of {patient_id} ({style}):\n{explain(violations)}"
+
+
+def test_axe_write_back_result_page(page: Any, live: Servers) -> None:
+    frame = open_chart(page, live, "rsantos")
+    frame.get_by_role("button", name="Write draft to chart").click()
+    frame.locator("h1#result-title").wait_for()
+    assert frame.locator("table.written").is_visible()
+    violations = axe_violations(app_frame_handle(page, live))
+    assert not violations, f"axe found on the write-back result page:\n{explain(violations)}"
+
+
+def test_axe_failed_write_and_missing_write_scopes(page: Any, tmp_path: Path) -> None:
+    """The other outcomes of the write button: the EHR refused the transaction (reasons and a retry),
+    and a launch without write scopes (the missing scopes named, the draft as a download)."""
+    failing = start_servers(tmp_path / "failing",
+                            sandbox_config={"FAULTS": {"transaction": {"status": 500, "times": 1}}})
+    try:
+        frame = open_chart(page, failing, "jkowalski")
+        frame.get_by_role("button", name="Write draft to chart").click()
+        frame.locator("h1#result-title").wait_for()
+        assert frame.locator("h1#result-title").inner_text() == "The EHR did not accept the draft"
+        assert frame.get_by_role("button", name="Retry writing the draft").is_visible()
+        violations = axe_violations(app_frame_handle(page, failing))
+        assert not violations, f"axe found on the failed write-back page:\n{explain(violations)}"
+    finally:
+        stop_servers(failing)
+    read_only = [s.replace(".crs", ".rs") for s in SCOPES]
+    no_write = start_servers(tmp_path / "no-write", scopes=read_only)
+    try:
+        frame = open_chart(page, no_write, "jkowalski")
+        assert "did not grant" in frame.locator("#no-write").inner_text()
+        assert frame.get_by_role("button", name="Write draft to chart").count() == 0
+        violations = axe_violations(app_frame_handle(page, no_write))
+        assert not violations, f"axe found on the review page without write scopes:\n{explain(violations)}"
+    finally:
+        stop_servers(no_write)
