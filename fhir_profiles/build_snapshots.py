@@ -15,7 +15,9 @@ the extension definitions, ``http://hl7.org/fhir/StructureDefinition/Extension``
 Slicing (profiling.html#slicing) is supported for elements without children in the base snapshot, which
 is what extension slices on a resource are: the differential gives the sliced element's ``slicing`` and
 one element per slice (``id`` ``<path>:<sliceName>``); each slice is inserted after the sliced element
-and its earlier slices, as a copy of the sliced element with the slice's properties merged onto it.
+and its earlier slices, as a copy of the sliced element with the slice's properties merged onto it. A
+differential that constrains a slice's children (``<path>:<sliceName>.url``: the sub-extensions of a
+complex extension) has them unrolled from the slice's data type and inserted right after the slice.
 
     python fhir_profiles/build_snapshots.py [--base PATH] [--check]
 """
@@ -84,9 +86,13 @@ def _target_types(types: Iterable[dict[str, Any]]) -> set[str]:
     return {t.rsplit("/", 1)[-1] for ty in types for t in ty.get("targetProfile", [])}
 
 
-def merge_snapshot(base: dict[str, Any], profile: dict[str, Any]) -> list[dict[str, Any]]:
+def merge_snapshot(
+    base: dict[str, Any], profile: dict[str, Any], types: dict[str, dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
     """The profile's snapshot: the base snapshot with each differential element merged onto the
-    element with the same id. Refuses a differential that loosens the base (derivation constraint)."""
+    element with the same id. Refuses a differential that loosens the base (derivation constraint).
+    ``types`` (base definitions by URL) lets a differential constrain the children of a slice, which
+    are then unrolled from the slice's data type (the sub-extensions of a complex extension)."""
     elements: list[dict[str, Any]] = copy.deepcopy(base["snapshot"]["element"])
     by_id = {e["id"]: e for e in elements}
     for diff in profile["differential"]["element"]:
@@ -94,6 +100,10 @@ def merge_snapshot(base: dict[str, Any], profile: dict[str, Any]) -> list[dict[s
         if target is None and ":" in diff["id"].rsplit(".", 1)[-1]:
             target = _add_slice(profile["id"], elements, base["snapshot"]["element"], diff)
             by_id[diff["id"]] = target
+        parent_id = diff["id"].rpartition(".")[0]
+        if target is None and ":" in parent_id.rsplit(".", 1)[-1] and parent_id in by_id:
+            _unroll_slice(profile["id"], elements, by_id, by_id[parent_id], types or {})
+            target = by_id.get(diff["id"])
         if target is None:
             raise ValueError(f"{profile['id']}: {diff['id']} is not an element of {base['type']}")
         if diff.get("min", target["min"]) < target["min"]:
@@ -151,6 +161,36 @@ def _add_slice(
     return element
 
 
+def _unroll_slice(
+    profile_id: str,
+    elements: list[dict[str, Any]],
+    by_id: dict[str, dict[str, Any]],
+    sliced: dict[str, Any],
+    types: dict[str, dict[str, Any]],
+) -> None:
+    """Insert the children of the slice ``sliced`` after it: its data type's snapshot elements (all but
+    the root) with ids and paths rebased onto the slice (profiling.html#slicing, "children of slices").
+    Done once per slice; the differential's elements for the children are then merged onto them."""
+    if any(e["id"].startswith(f"{sliced['id']}.") for e in elements):
+        return
+    codes = {t["code"] for t in sliced.get("type", [])}
+    if len(codes) != 1:
+        raise ValueError(f"{profile_id}: {sliced['id']} needs exactly one type to constrain its children")
+    type_url = f"http://hl7.org/fhir/StructureDefinition/{codes.pop()}"
+    definition = types.get(type_url)
+    if definition is None:
+        raise ValueError(f"{profile_id}: the definition of {type_url} is not available")
+    root = definition["snapshot"]["element"][0]
+    index = elements.index(sliced) + 1
+    for element in definition["snapshot"]["element"][1:]:
+        child = copy.deepcopy(element)
+        child["id"] = sliced["id"] + element["id"][len(root["id"]) :]
+        child["path"] = sliced["path"] + element["path"][len(root["path"]) :]
+        elements.insert(index, child)
+        by_id[child["id"]] = child
+        index += 1
+
+
 def build_index(package_dir: Path) -> dict[str, Any]:
     """The package ``.index.json`` (FHIR NPM package spec, index-version 1) over every resource file."""
     files = []
@@ -181,7 +221,7 @@ def build(package_dir: Path, base_file: Path) -> dict[Path, str]:
         base = bases.get(profile["baseDefinition"])
         if base is None:
             raise ValueError(f"{path.name}: base {profile['baseDefinition']} not in {base_file}")
-        profile["snapshot"] = {"element": merge_snapshot(base, profile)}
+        profile["snapshot"] = {"element": merge_snapshot(base, profile, bases)}
         out[path] = _dump(profile)
     out[package_dir / ".index.json"] = _dump(build_index(package_dir))
     return out

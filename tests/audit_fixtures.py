@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,9 +48,14 @@ class Sandbox:
         )
 
     def write_for(
-        self, patient_id: str, as_of: datetime = AS_OF, assessment_as: str = "ClinicalImpression"
+        self,
+        patient_id: str,
+        as_of: datetime = AS_OF,
+        assessment_as: str = "ClinicalImpression",
+        readable: Callable[[str], bool] | None = None,
     ) -> dict[str, Any]:
-        """Read, assess, draft and write for one patient through the app's own pipeline."""
+        """Read, assess, draft and write for one patient through the app's own pipeline. ``readable``
+        narrows what is read (a type it refuses is recorded as not read: scope not granted)."""
         from smart_app import pipeline
         from smart_app.smart.scopes import ScopeSet
         from smart_app.writeback import write_drafts
@@ -64,6 +69,7 @@ class Sandbox:
             encounter=None,
             as_of=as_of,
             assessment_as=assessment_as,
+            readable=readable,
         )
         assert review.drafts is not None, f"no drafts for {patient_id}"
         outcome = write_drafts(client, review.drafts, "transaction")

@@ -22,6 +22,7 @@ from smart_app.audit.model import (
     CLASSIFICATION_SYSTEM,
     NEXT_STEP_EXTENSION,
     NEXT_STEP_SYSTEM,
+    UNAVAILABLE_EXTENSION,
     WORKFLOW_CODE,
     WORKFLOW_SYSTEM,
     Ref,
@@ -417,3 +418,128 @@ def test_cli_against_the_server(
     capsys.readouterr()
     assert cli_main(["audit", "list", "--fhir-base", written.base, "--json"]) == 2
     assert "error" in json.loads(capsys.readouterr().out)
+
+
+# -- data that could not be read (back-mice-unavailable-data) and the Patient version ----------------
+UNREAD_PATIENT = "apatel" if "apatel" in PATIENTS else PATIENTS[0]
+
+
+def _no_condition(resource_type: str) -> bool:
+    return resource_type != "Condition"
+
+
+def _unread_write(box: Sandbox, assessment_as: str = "ClinicalImpression") -> dict[str, Any]:
+    info = box.write_for(UNREAD_PATIENT, readable=_no_condition, assessment_as=assessment_as)
+    assert info["assessment_json"]["unavailable"] == [
+        {"resource_type": "Condition", "reason": "scope not granted"}
+    ]
+    return info
+
+
+def _unread_extensions(resource: dict[str, Any]) -> list[dict[str, Any]]:
+    return [e for e in resource.get("extension", []) if e["url"] == UNAVAILABLE_EXTENSION]
+
+
+@pytest.mark.parametrize("form", ["ClinicalImpression", "DocumentReference"])
+def test_write_with_condition_unread_reproduces_exactly(sandbox: Sandbox, form: str) -> None:  # noqa: F811
+    info = _unread_write(sandbox, form)
+    assessment = _read(sandbox, info["assessment"])
+    assert _unread_extensions(assessment) == [
+        {
+            "url": UNAVAILABLE_EXTENSION,
+            "extension": [
+                {"url": "resourceType", "valueCode": "Condition"},
+                {"url": "reason", "valueString": "scope not granted"},
+            ],
+        }
+    ]
+    seen: list[dict[str, str]] = []
+
+    def evaluator(record: Any, as_of: Any, version: str, dirs: Any) -> dict[str, Any]:
+        from smart_app.audit.verify import default_evaluator
+
+        seen.append(dict(record.unavailable))
+        return default_evaluator(record, as_of, version, dirs)
+
+    report = verify_assessment(_source(sandbox), info["assessment"], evaluator=evaluator)
+    assert report.reproduced, report.to_json()
+    assert seen == [{"Condition": "scope not granted"}]
+    assert report.recomputed["classification"] == info["assessment_json"]["classification"]
+    assert report.recomputed["next_step"] == info["assessment_json"]["next_step"]
+    assert any("could not be read: Condition (scope not granted)" in n for n in report.notes), report.notes
+
+
+def test_removing_the_unavailable_extension_is_a_difference(sandbox: Sandbox) -> None:  # noqa: F811
+    """Without the record of the unread Conditions, LBP reads as absent: the conclusion no longer
+    reproduces, and the identifier (which hashes the unread types) no longer matches the evidence."""
+    info = _unread_write(sandbox)
+    ci = _read(sandbox, info["assessment"])
+    ci["extension"] = [e for e in ci["extension"] if e["url"] != UNAVAILABLE_EXTENSION]
+    _put(sandbox, ci)
+    report = verify_assessment(_source(sandbox), info["assessment"])
+    assert not report.reproduced
+    fields = [d.field for d in report.differences]
+    assert "classification" in fields and fields[-1] == "evidence", report.to_json()
+    written = info["assessment_json"]["classification"]
+    assert next(d for d in report.differences if d.field == "classification").written == written
+
+
+def test_editing_the_unread_reason_is_a_difference(sandbox: Sandbox) -> None:  # noqa: F811
+    """A change that leaves the conclusion alone still breaks the identifier's hash of the evidence."""
+    info = _unread_write(sandbox)
+    ci = _read(sandbox, info["assessment"])
+    [ext] = _unread_extensions(ci)
+    ext["extension"][1]["valueString"] = "read failed (HTTP 500): edited"
+    _put(sandbox, ci)
+    report = verify_assessment(_source(sandbox), info["assessment"])
+    assert not report.reproduced
+    assert [d.field for d in report.differences] == ["evidence"], report.to_json()
+
+
+def test_offline_bundle_with_condition_unread(
+    sandbox: Sandbox,  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    info = _unread_write(sandbox)
+    export = _export(sandbox, info)
+    path = tmp_path / "export.json"
+    path.write_text(json.dumps(export))
+    assert cli_main(["audit", "verify", "--bundle", str(path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["reproduced"] is True and out["differences"] == [], out
+    for entry in export["entry"]:
+        if entry["resource"]["resourceType"] == "ClinicalImpression":
+            entry["resource"]["extension"] = [
+                e for e in entry["resource"]["extension"] if e["url"] != UNAVAILABLE_EXTENSION
+            ]
+    path.write_text(json.dumps(export))
+    assert cli_main(["audit", "verify", "--bundle", str(path), "--json"]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert out["reproduced"] is False
+    assert {"classification", "evidence"} <= {d["field"] for d in out["differences"]}
+
+
+def test_patient_is_read_at_the_recorded_version(sandbox: Sandbox) -> None:  # noqa: F811
+    """The birth date decides age-new-onset, so the Patient is a versioned source: a later edit of the
+    Patient does not change what verify recomputes."""
+    info = sandbox.write_for(WRITE_SET[0])
+    prov = _read(sandbox, info["provenance"])
+    named = [e["what"]["reference"] for e in prov["entity"] if e["what"]["reference"].startswith("Patient/")]
+    patient = _read(sandbox, info["patient"])
+    assert named == [f"{info['patient']}/_history/{patient['meta']['versionId']}"]
+    calls: list[tuple[str, ...]] = []
+    source = _source(sandbox)
+    original_vread = source.vread
+
+    def vread(resource_type: str, resource_id: str, version_id: str) -> dict[str, Any]:
+        calls.append((resource_type, resource_id, version_id))
+        return original_vread(resource_type, resource_id, version_id)
+
+    source.vread = vread  # type: ignore[method-assign]
+    patient["birthDate"] = "1930-01-01"
+    _put(sandbox, patient)
+    report = verify_assessment(source, info["assessment"])
+    assert report.reproduced, report.to_json()
+    assert ("Patient", patient["id"], named[0].rsplit("/", 1)[1]) in calls
+    assert any(n.startswith(f"{info['patient']} has changed since the write") for n in report.notes)

@@ -21,6 +21,7 @@ from smart_app.audit.model import (
     NEXT_STEP_EXTENSION,
     NEXT_STEP_SYSTEM,
     RED_FLAG_SYSTEM,
+    UNAVAILABLE_EXTENSION,
     WORKFLOW_CODE,
     WORKFLOW_SYSTEM,
     AuditInputError,
@@ -426,3 +427,54 @@ def test_page_words_for_written_codes() -> None:
     assert _in_words("probable", CLASSIFICATION_TEXT) == "Probable back mouse"
     assert _in_words(["probable", "oddity"], CLASSIFICATION_TEXT) == "Probable back mouse / oddity"
     assert _in_words(None, CLASSIFICATION_TEXT) is None
+
+
+def test_verify_patient_at_recorded_version_or_current_with_a_note() -> None:
+    """A Patient named by the Provenance is read at that version (vread); otherwise the current one,
+    with a note."""
+    versions = world()
+    versions.append({"resourceType": "Patient", "id": "p1", "meta": {"versionId": "2"}, "birthDate": "1930"})
+    named = copy.deepcopy(versions)
+    named[5]["entity"].append({"role": "derivation", "what": {"reference": "Patient/p1/_history/1"}})
+    patients: list[dict[str, Any]] = []
+
+    def evaluate(record: Any, as_of: Any, version: str, dirs: Any) -> dict[str, Any]:
+        patients.append(record.patient)
+        return {"classification": "probable", "next_step": "diagnostic-injection", "red_flags": []}
+
+    report = verify_assessment(BundleSource(named), "ClinicalImpression/ci1", evaluator=evaluate)
+    assert patients[-1]["meta"]["versionId"] == "1"
+    assert any(n.startswith("Patient/p1 has changed since the write") for n in report.notes), report.notes
+    report = verify_assessment(BundleSource(versions), "ClinicalImpression/ci1", evaluator=evaluate)
+    assert patients[-1]["meta"]["versionId"] == "2"
+    assert "Patient/p1 is not a Provenance entity; its current version was used." in report.notes
+
+
+def test_verify_passes_the_written_unavailable_types_to_the_record() -> None:
+    from smart_app.audit.verify import written_unavailable
+
+    resources = world()
+    resources[3]["extension"] = [
+        {
+            "url": UNAVAILABLE_EXTENSION,
+            "extension": [
+                {"url": "resourceType", "valueCode": "Condition"},
+                {"url": "reason", "valueString": "scope not granted"},
+            ],
+        },
+        {"url": UNAVAILABLE_EXTENSION, "extension": [{"url": "resourceType", "valueCode": "Procedure"}]},
+        {"url": UNAVAILABLE_EXTENSION, "extension": [{"url": "reason", "valueString": "no type"}]},
+    ]
+    notes: list[str] = []
+    assert written_unavailable(resources[3], notes) == {"Condition": "scope not granted", "Procedure": ""}
+    assert notes == ["An unavailable-data extension without a resource type was skipped."]
+    seen: list[dict[str, str]] = []
+
+    def evaluate(record: Any, as_of: Any, version: str, dirs: Any) -> dict[str, Any]:
+        seen.append(dict(record.unavailable))
+        return _stub("probable", "diagnostic-injection")(record, as_of, version, dirs)
+
+    report = verify_assessment(BundleSource(resources), "ClinicalImpression/ci1", evaluator=evaluate)
+    assert seen == [{"Condition": "scope not granted", "Procedure": ""}]
+    assert report.reproduced  # a hand-made identifier (not a sha256) is not checked against the evidence
+    assert any("could not be read: Condition (scope not granted); Procedure" in n for n in report.notes)

@@ -78,14 +78,27 @@ def test_probable_contract_shape() -> None:
     assert out["summary"].startswith("Suspected painful episacral lipoma ('back mouse'). Criteria met: ")
     assert "not a diagnosis" in out["summary"] and "Motyka 2000" in out["summary"]
     assert [m["finding"] for m in out["missing"]] == ["NEURO_DEFICIT", "INJECTION_RELIEF"]
-    assert out["sources"] == [{"reference": r, "version_id": None} for r in sug["reason_references"]]
-    assert out["counts"] == {"resources": 3, "used": 3, "ignored": 0}
+    # the Patient is a source too: its birthDate decided age-new-onset (no flag at this age)
+    expected = sorted([*sug["reason_references"], "Patient/p1"])
+    assert out["sources"] == [{"reference": r, "version_id": None} for r in expected]
+    assert out["counts"] == {"resources": 3, "used": 4, "ignored": 0}
 
 
 def test_sources_carry_version_ids() -> None:
     res = nodule(meta={"versionId": "7"})
     out = run(lbp(), res, repro())
     assert {"reference": "Observation/o-nod", "version_id": "7"} in out["sources"]
+
+
+def test_patient_is_a_versioned_source_when_its_birth_date_decides() -> None:
+    """age-new-onset read Patient.birthDate: the Patient version is evidence even when no flag is raised."""
+    versioned = {**patient(), "meta": {"versionId": "4"}}
+    out = run(*probable(), pat=versioned)
+    assert out["red_flags"] == []
+    assert {"reference": "Patient/p1", "version_id": "4"} in out["sources"]
+    no_birth = {k: v for k, v in versioned.items() if k != "birthDate"}
+    out = run(*probable(), pat=no_birth)
+    assert all(s["reference"] != "Patient/p1" for s in out["sources"])
 
 
 def test_coded_body_site_is_copied_to_the_suggestion() -> None:
@@ -639,7 +652,7 @@ def test_counts_and_ignored_are_sorted() -> None:
     )
     refs = [i["reference"] for i in out["ignored"]]
     assert refs == sorted(refs) == ["Encounter/e1", "Observation/o-a", "Observation/o-z"]
-    assert out["counts"] == {"resources": 7, "used": 3, "ignored": 3}
+    assert out["counts"] == {"resources": 7, "used": 4, "ignored": 3}  # 3 + the Patient (birthDate)
 
 
 def test_trace_explains_each_rule() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import re
 from datetime import UTC, datetime
@@ -21,6 +22,7 @@ from smart_app.clinical.drafting import (
     NEXT_STEP_DISPLAY,
     NEXT_STEP_EXTENSION,
     NEXT_STEP_SYSTEM,
+    UNAVAILABLE_EXTENSION,
     DraftingError,
     build_transaction,
     draft_key,
@@ -409,3 +411,85 @@ def test_naive_recorded_refused() -> None:
 def test_unknown_assessment_form_refused() -> None:
     with pytest.raises(DraftingError):
         build(assessment_as="Observation")
+
+
+# -- data that could not be read ---------------------------------------------------------------------
+UNREAD = [
+    {"resource_type": "Procedure", "reason": "read failed (HTTP 503): <server down>"},
+    {"resource_type": "Condition", "reason": "scope not granted"},
+]
+
+
+def unread(name: str = "probable") -> dict[str, Any]:
+    assessment = hand_assessment(name)
+    assessment["unavailable"] = copy.deepcopy(UNREAD)
+    return assessment
+
+
+@pytest.mark.parametrize("assessment_as", ["ClinicalImpression", "DocumentReference"])
+def test_unavailable_types_are_recorded_on_the_assessment(assessment_as: str) -> None:
+    bundle = build_transaction(
+        unread(), author=AUTHOR, encounter=None, recorded=RECORDED, assessment_as=assessment_as
+    )
+    assert [str(i) for i in check_bundle(bundle)] == []
+    resource = one(bundle, assessment_as)
+    assert [e for e in resource["extension"] if e["url"] == UNAVAILABLE_EXTENSION] == [
+        {
+            "url": UNAVAILABLE_EXTENSION,
+            "extension": [
+                {"url": "resourceType", "valueCode": "Condition"},
+                {"url": "reason", "valueString": "scope not granted"},
+            ],
+        },
+        {
+            "url": UNAVAILABLE_EXTENSION,
+            "extension": [
+                {"url": "resourceType", "valueCode": "Procedure"},
+                {"url": "reason", "valueString": "read failed (HTTP 503): <server down>"},
+            ],
+        },
+    ]
+    text = narrative_text(resource["text"]["div"])
+    assert (
+        "Data that could not be read: Condition (scope not granted); Procedure (read failed (HTTP 503): "
+        "<server down>). What these types would decide was treated as unknown, not as absent." in text
+    )
+    assert "&lt;server down&gt;" in resource["text"]["div"]  # escaped in the XHTML
+
+
+def test_no_unavailable_types_no_extension_and_the_same_identifiers() -> None:
+    def keys(bundle: dict[str, Any]) -> list[str]:
+        return [e["request"]["ifNoneExist"] for e in bundle["entry"]]
+
+    base = hand_assessment("probable")
+    empty = copy.deepcopy(base)
+    empty["unavailable"] = []
+    plain = build_transaction(base, author=None, encounter=None, recorded=RECORDED)
+    assert keys(plain) == keys(build_transaction(empty, author=None, encounter=None, recorded=RECORDED))
+    ci = one(plain, "ClinicalImpression")
+    assert all(e["url"] != UNAVAILABLE_EXTENSION for e in ci["extension"])
+    assert "could not be read" not in narrative_text(ci["text"]["div"])
+    # the key of a complete read is the pre-existing derivation (no "unavailable" in the hashed input)
+    payload = {"patient": "Patient/p1", "criteria": CRITERIA, "role": "ClinicalImpression", "sources": []}
+    expected = hashlib.sha256(
+        json.dumps(payload, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    ).hexdigest()
+    assert draft_key("Patient/p1", CRITERIA, "ClinicalImpression", [], []) == expected
+
+
+def test_unavailable_types_are_part_of_the_evidence() -> None:
+    def keys(bundle: dict[str, Any]) -> list[str]:
+        return [e["request"]["ifNoneExist"] for e in bundle["entry"]]
+
+    base = hand_assessment("probable")
+    plain = keys(build_transaction(base, author=None, encounter=None, recorded=RECORDED))
+    with_unread = keys(build_transaction(unread(), author=None, encounter=None, recorded=RECORDED))
+    assert with_unread[0] == plain[0]  # the Device
+    assert all(a != b for a, b in zip(with_unread[1:], plain[1:], strict=True))
+    reordered = unread()
+    reordered["unavailable"].reverse()
+    assert keys(build_transaction(reordered, author=None, encounter=None, recorded=RECORDED)) == with_unread
+    other_reason = unread()
+    other_reason["unavailable"][1]["reason"] = "read failed (HTTP 500): x"
+    edited = keys(build_transaction(other_reason, author=None, encounter=None, recorded=RECORDED))
+    assert edited != with_unread

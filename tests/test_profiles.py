@@ -551,3 +551,151 @@ def test_checker_loads_from_a_directory(tmp_path: Path) -> None:
         (tmp_path / path.name).write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
     checker = ProfileChecker(tmp_path)
     assert len(checker.profiles) >= 6
+
+
+# -- the unavailable-data extension (a complex extension) ------------------------------------------
+UNAVAILABLE_URL = f"{CANONICAL}/StructureDefinition/back-mice-unavailable-data"
+
+
+def unread_drafts(assessment_as: AssessmentAs) -> dict[str, Any]:
+    assessment = hand_assessment("probable")
+    assessment["unavailable"] = [
+        {"resource_type": "Condition", "reason": "scope not granted"},
+        {"resource_type": "Procedure", "reason": "read failed (HTTP 503): unavailable"},
+    ]
+    bundle = build_transaction(
+        assessment, author="Practitioner/d1", encounter=None, recorded=RECORDED, assessment_as=assessment_as
+    )
+    RESOLVE.update({e["fullUrl"]: e["resource"]["resourceType"] for e in bundle["entry"]})
+    return copy.deepcopy(bundle["entry"][1]["resource"])
+
+
+def test_unavailable_data_definition() -> None:
+    sd = json.loads(
+        (PACKAGE_DIR / "StructureDefinition-back-mice-unavailable-data.json").read_text(encoding="utf-8")
+    )
+    assert (sd["url"], sd["type"], sd["kind"], sd["derivation"]) == (
+        UNAVAILABLE_URL,
+        "Extension",
+        "complex-type",
+        "constraint",
+    )
+    assert [c["expression"] for c in sd["context"]] == ["ClinicalImpression", "DocumentReference"]
+    snapshot = {e["id"]: e for e in sd["snapshot"]["element"]}
+    assert {e["id"] for e in sd["differential"]["element"]} <= set(snapshot)
+    assert snapshot["Extension.url"]["fixedUri"] == UNAVAILABLE_URL
+    assert snapshot["Extension.value[x]"]["max"] == "0"
+    assert snapshot["Extension.extension"]["min"] == 1
+    for name, card, value_type in [("resourceType", (1, "1"), "code"), ("reason", (0, "1"), "string")]:
+        sub = f"Extension.extension:{name}"
+        assert (snapshot[sub]["sliceName"], snapshot[sub]["min"], snapshot[sub]["max"]) == (name, *card)
+        assert snapshot[f"{sub}.url"]["fixedUri"] == name
+        assert snapshot[f"{sub}.extension"]["max"] == "0"
+        value = snapshot[f"{sub}.value[x]"]
+        assert (value["min"], [t["code"] for t in value["type"]]) == (1, [value_type])
+        assert value["path"] == "Extension.extension.value[x]"
+    for rtype in ("ClinicalImpression", "DocumentReference"):
+        profile = load_checker().profiles[f"{CANONICAL}/StructureDefinition/back-mice-{rtype.lower()}"]
+        element = next(
+            e for e in profile["snapshot"]["element"] if e["id"] == f"{rtype}.extension:unavailableData"
+        )
+        assert (element["min"], element["max"]) == (0, "*")
+        assert element["type"] == [{"code": "Extension", "profile": [UNAVAILABLE_URL]}]
+
+
+@pytest.mark.parametrize("assessment_as", ["ClinicalImpression", "DocumentReference"])
+def test_unavailable_data_extension_checked(assessment_as: AssessmentAs) -> None:
+    res = unread_drafts(assessment_as)
+    assert messages(res) == []
+    first = next(i for i, e in enumerate(res["extension"]) if e["url"] == UNAVAILABLE_URL)
+    here = f"{assessment_as}.extension[{first}]"
+    broken = copy.deepcopy(res)
+    broken["extension"][first]["extension"] = [{"url": "reason", "valueString": "no type"}]
+    assert messages(broken) == [f"{here}.extension:resourceType: at least 1 required, found 0"]
+    broken = copy.deepcopy(res)
+    broken["extension"][first]["valueString"] = "a value as well"
+    assert messages(broken) == [f"{here}.value[x]: at most 0 allowed, found 1"]
+    broken = copy.deepcopy(res)
+    broken["extension"][first]["extension"][0] = {"url": "resourceType", "valueString": "Condition"}
+    assert messages(broken) == [f"{here}.extension:resourceType.valueString: type not allowed; allowed: code"]
+    broken = copy.deepcopy(res)
+    broken["extension"][first]["extension"].append({"url": "note", "valueString": "not a slice"})
+    assert messages(broken) == [
+        f"{here}.extension[2]: 'note' matches no slice (closed slicing; allowed: reason, resourceType)"
+    ]
+
+
+def test_merge_unrolls_the_children_of_a_slice() -> None:
+    module = build_script()
+    ext_type = {
+        "snapshot": {
+            "element": [
+                {"id": "Extension", "path": "Extension", "min": 0, "max": "*"},
+                {
+                    "id": "Extension.extension",
+                    "path": "Extension.extension",
+                    "min": 0,
+                    "max": "*",
+                    "type": [{"code": "Extension"}],
+                },
+                {"id": "Extension.url", "path": "Extension.url", "min": 1, "max": "1"},
+                {
+                    "id": "Extension.value[x]",
+                    "path": "Extension.value[x]",
+                    "min": 0,
+                    "max": "1",
+                    "type": [{"code": "code"}, {"code": "string"}],
+                },
+            ]
+        }
+    }
+    slicing = {"discriminator": [{"type": "value", "path": "url"}], "rules": "closed"}
+    merged = module.merge_snapshot(
+        ext_type,
+        {
+            "id": "p",
+            "differential": {
+                "element": [
+                    {"id": "Extension.extension", "slicing": slicing},
+                    {"id": "Extension.extension:a", "sliceName": "a", "min": 1, "max": "1"},
+                    {"id": "Extension.extension:a.url", "fixedUri": "a"},
+                    {"id": "Extension.extension:a.value[x]", "type": [{"code": "code"}]},
+                    {"id": "Extension.extension:b", "sliceName": "b", "max": "1"},
+                    {"id": "Extension.extension:b.url", "fixedUri": "b"},
+                ]
+            },
+        },
+        {"http://hl7.org/fhir/StructureDefinition/Extension": ext_type},
+    )
+    assert [e["id"] for e in merged] == [
+        "Extension",
+        "Extension.extension",
+        "Extension.extension:a",
+        "Extension.extension:a.extension",
+        "Extension.extension:a.url",
+        "Extension.extension:a.value[x]",
+        "Extension.extension:b",
+        "Extension.extension:b.extension",
+        "Extension.extension:b.url",
+        "Extension.extension:b.value[x]",
+        "Extension.url",
+        "Extension.value[x]",
+    ]
+    by_id = {e["id"]: e for e in merged}
+    assert by_id["Extension.extension:a.url"]["path"] == "Extension.extension.url"
+    assert by_id["Extension.extension:b.url"]["fixedUri"] == "b"
+    assert by_id["Extension.extension:a.value[x]"]["type"] == [{"code": "code"}]
+    with pytest.raises(ValueError, match="not available"):
+        module.merge_snapshot(
+            ext_type,
+            {
+                "id": "p",
+                "differential": {
+                    "element": [
+                        {"id": "Extension.extension", "slicing": slicing},
+                        {"id": "Extension.extension:a", "sliceName": "a"},
+                        {"id": "Extension.extension:a.url", "fixedUri": "a"},
+                    ]
+                },
+            },
+        )

@@ -73,12 +73,21 @@ def engine_available() -> bool:
 
 @cache
 def corpus_assessment(kind: str, name: str) -> dict[str, Any]:
-    """``assess(...).to_json()`` for a sandbox patient (kind ``patient``) or a case (kind ``case``)."""
+    """``assess(...).to_json()`` for a sandbox patient (kind ``patient``) or a case (kind ``case``). A
+    case's ``unavailable`` (resource types not read) goes into the record, as the case suite does, so
+    the drafts of those cases carry the unavailable-data extension."""
+    import dataclasses
+
     from smart_app.clinical import assess, load_bundle
 
     path = (DATA_DIR if kind == "patient" else CASES_DIR) / name
     data, as_of = patient_input(path) if kind == "patient" else case_input(path)
-    result: dict[str, Any] = assess(load_bundle(data), as_of).to_json()
+    record = load_bundle(data)
+    if kind == "case":
+        unavailable = json.loads(path.read_text(encoding="utf-8")).get("unavailable")
+        if unavailable:
+            record = dataclasses.replace(record, unavailable=dict(unavailable))
+    result: dict[str, Any] = assess(record, as_of).to_json()
     return result
 
 

@@ -4,10 +4,17 @@ the record": the evaluation time is an input so a past assessment can be reprodu
 clinical-evidence §4.3: Provenance.entity versioned references, Provenance.policy criteria url|version).
 The written classification and next step are read from their codings (fhir_profiles/README.md), and from
 the narrative only for writes that carry no coded value (:mod:`smart_app.audit.conclusion`).
+
+Resource types the app could not read are on the assessment as back-mice-unavailable-data extensions; they
+go back into ``PatientRecord.unavailable``, so what they would decide is unknown again, as it was. The
+draft identifier hashes the evidence (Provenance entities and those unread types): when it no longer
+matches, the extension, the Provenance or the identifier was changed after the write.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,14 +31,18 @@ from smart_app.audit.model import (
     APP_DEVICE,
     ASSESSMENT_TYPES,
     CRITERIA_URL,
+    UNAVAILABLE_EXTENSION,
     AuditInputError,
     Difference,
     Ref,
     VerifyReport,
+    draft_identifiers,
     split_canonical,
     version_of,
 )
 from smart_app.audit.source import NotAccessible, NotFound, Source, UnsupportedSearch
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 #: The compared fields, in report order (issue 6 §2).
 COMPARED = ("criteria", "classification", "next_step", "red_flags", "procedure_suggestion")
@@ -188,6 +199,14 @@ def verify_assessment(
     record, source_rows, source_notes = _rebuild_record(source, prov, current)
     report.sources = source_rows
     report.notes.extend(source_notes)
+    unavailable = written_unavailable(current, report.notes)
+    if unavailable:
+        record = dataclasses.replace(record, unavailable=unavailable)
+        named = "; ".join(f"{t} ({r})" if r else t for t, r in sorted(unavailable.items()))
+        report.notes.append(
+            f"The write records data that could not be read: {named}; the recomputation treats it as "
+            "unknown, as the assessment did."
+        )
 
     evaluate = evaluator or default_evaluator
     try:
@@ -202,8 +221,65 @@ def verify_assessment(
     for name in COMPARED:
         if written.get(name) != again.get(name):
             report.differences.append(Difference(name, written.get(name), again.get(name)))
+    _check_identifier(current, ref, prov, f"{criteria['url']}|{version}", unavailable, report)
     report.reproduced = not report.differences
     return report
+
+
+def written_unavailable(resource: dict[str, Any], notes: list[str] | None = None) -> dict[str, str]:
+    """Resource types the assessment records as not read (back-mice-unavailable-data extensions):
+    ``{resource_type: reason}``. An extension without a resource type is noted and skipped."""
+    out: dict[str, str] = {}
+    for ext in resource.get("extension") or []:
+        if not isinstance(ext, dict) or ext.get("url") != UNAVAILABLE_EXTENSION:
+            continue
+        parts = {
+            str(sub.get("url")): sub
+            for sub in ext.get("extension") or []
+            if isinstance(sub, dict) and isinstance(sub.get("url"), str)
+        }
+        rtype = (parts.get("resourceType") or {}).get("valueCode")
+        reason = (parts.get("reason") or {}).get("valueString")
+        if not isinstance(rtype, str) or not rtype:
+            if notes is not None:
+                notes.append("An unavailable-data extension without a resource type was skipped.")
+            continue
+        out[rtype] = reason if isinstance(reason, str) else ""
+    return out
+
+
+def _check_identifier(
+    resource: dict[str, Any],
+    ref: Ref,
+    prov: dict[str, Any],
+    criteria: str,
+    unavailable: dict[str, str],
+    report: VerifyReport,
+) -> None:
+    """The assessment's draft identifier is the hash of its evidence (smart_app.clinical.drafting
+    ``draft_key``): recompute it from the Provenance entities and the unread types as written. Only
+    identifiers of that form (sha256 hex) are checked."""
+    from smart_app.clinical.drafting import draft_key
+
+    written = [v for v in draft_identifiers(resource) if _SHA256.fullmatch(v)]
+    subject = Ref.parse((resource.get("subject") or {}).get("reference"))
+    if not written or subject is None:
+        return
+    sources = []
+    for entity in prov.get("entity") or []:
+        what = (entity or {}).get("what") if isinstance(entity, dict) else None
+        eref = Ref.parse(what.get("reference")) if isinstance(what, dict) else None
+        if eref is not None:
+            sources.append({"reference": eref.plain, "version_id": eref.version})
+    unread = [{"resource_type": t, "reason": r} for t, r in unavailable.items()]
+    expected = draft_key(subject.plain, criteria, ref.type, sources, unread)
+    if expected not in written:
+        report.differences.append(Difference("evidence", written[0], expected))
+        report.notes.append(
+            f"The draft identifier of {ref.plain} does not match the evidence recorded now (the "
+            f"Provenance entities and the data recorded as not read): the unavailable-data extension, "
+            f"{report.provenance} or the identifier was changed after the write."
+        )
 
 
 def _target_version(prov: dict[str, Any], ref: Ref) -> str:

@@ -62,6 +62,7 @@ FIELD_TEXT = {
     "procedure_suggestion": "procedure suggestion",
     "criteria": "rule version",
     "provenance": "record of how it was produced",
+    "evidence": "evidence it was drawn from (sources and data not read)",
 }
 
 

@@ -12,10 +12,14 @@ The conclusion is machine-readable (CLINICAL.md "Classification"): the ClinicalI
 headline) and the :data:`NEXT_STEP_EXTENSION` extension a ``valueCoding`` of :data:`NEXT_STEP_SYSTEM`; a
 DocumentReference carries both as extensions (:data:`CLASSIFICATION_EXTENSION`, :data:`NEXT_STEP_EXTENSION`;
 fhir_profiles/README.md). The narrative sentence "Classification: …; next step: …." stays for readers.
+Resource types the app could not read (the assessment's ``unavailable``) are on the assessment as
+:data:`UNAVAILABLE_EXTENSION` complex extensions (``resourceType`` valueCode, ``reason`` valueString) and
+named in its narrative, so an auditor re-runs the criteria with the same unknowns.
 
 Every draft carries ``meta.profile`` (fhir_profiles/package), ``meta.security`` AIAST, the workflow tag
 ``draft-requires-review``, a generated narrative that begins with :data:`DRAFT_BANNER`, and an identifier
-derived from patient, criteria URL|version, the draft's role and the versioned sources, used in
+derived from patient, criteria URL|version, the draft's role, the versioned sources and (only when there
+are some) the unread resource types with their reasons, used in
 ``request.ifNoneExist`` (R4 http.html#ccreate) so a retry never duplicates. R4 Provenance has no
 identifier, so its key goes in a ``meta.tag`` of the identifier system and ``ifNoneExist`` searches
 ``_tag``. fullUrls are ``urn:uuid`` values derived from the identifier, so the Bundle is reproducible
@@ -58,6 +62,9 @@ CLASSIFICATION_SYSTEM = f"{CANONICAL}/CodeSystem/back-mice-classification"
 NEXT_STEP_SYSTEM = f"{CANONICAL}/CodeSystem/back-mice-next-step"
 CLASSIFICATION_EXTENSION = f"{CANONICAL}/StructureDefinition/back-mice-classification"
 NEXT_STEP_EXTENSION = f"{CANONICAL}/StructureDefinition/back-mice-next-step"
+#: Complex extension on the assessment: one per resource type that could not be read (sub-extensions
+#: ``resourceType`` valueCode and ``reason`` valueString; fhir_profiles/README.md).
+UNAVAILABLE_EXTENSION = f"{CANONICAL}/StructureDefinition/back-mice-unavailable-data"
 #: Displays of fhir_profiles/package/CodeSystem-back-mice-classification.json (CLINICAL.md "Classification").
 CLASSIFICATION_DISPLAY = {
     "red-flags": "Red flags: urgent work-up",
@@ -109,9 +116,17 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def draft_key(patient: str, criteria: str, role: str, sources: Iterable[Mapping[str, Any]]) -> str:
+def draft_key(
+    patient: str,
+    criteria: str,
+    role: str,
+    sources: Iterable[Mapping[str, Any]],
+    unavailable: Iterable[Mapping[str, Any]] = (),
+) -> str:
     """sha256 (hex) of the canonical JSON of patient, criteria URL|version, draft role and the sorted
-    ``[reference, version]`` sources: the same evidence gives the same identifier."""
+    ``[reference, version]`` sources: the same evidence gives the same identifier. Resource types that
+    could not be read (``[resource_type, reason]``, sorted) are part of the evidence and enter the
+    payload only when there are some, so the key of a complete read is unchanged."""
     pairs = sorted(
         {
             (str(s.get("reference")), None if s.get("version_id") is None else str(s["version_id"]))
@@ -119,8 +134,50 @@ def draft_key(patient: str, criteria: str, role: str, sources: Iterable[Mapping[
         },
         key=lambda p: (p[0], p[1] or ""),
     )
-    payload = {"patient": patient, "criteria": criteria, "role": role, "sources": [list(p) for p in pairs]}
+    payload: dict[str, Any] = {
+        "patient": patient,
+        "criteria": criteria,
+        "role": role,
+        "sources": [list(p) for p in pairs],
+    }
+    unread = unavailable_pairs(unavailable)
+    if unread:
+        payload["unavailable"] = [list(p) for p in unread]
     return hashlib.sha256(canonical_json(payload).encode("utf-8")).hexdigest()
+
+
+def unavailable_pairs(unavailable: Iterable[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """Distinct ``(resource_type, reason)`` pairs of an assessment's ``unavailable`` list, sorted."""
+    return sorted(
+        {
+            (str(u.get("resource_type")), str(u.get("reason") or ""))
+            for u in unavailable
+            if isinstance(u, Mapping) and u.get("resource_type")
+        }
+    )
+
+
+def unavailable_extensions(unavailable: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One :data:`UNAVAILABLE_EXTENSION` per unread resource type, in type order."""
+    out = []
+    for resource_type, reason in unavailable_pairs(unavailable):
+        parts: list[dict[str, Any]] = [{"url": "resourceType", "valueCode": resource_type}]
+        if reason:
+            parts.append({"url": "reason", "valueString": reason})
+        out.append({"url": UNAVAILABLE_EXTENSION, "extension": parts})
+    return out
+
+
+def unavailable_sentence(unavailable: Iterable[Mapping[str, Any]]) -> str:
+    """Narrative sentence naming the data that could not be read (empty when everything was read)."""
+    pairs = unavailable_pairs(unavailable)
+    if not pairs:
+        return ""
+    named = "; ".join(f"{t} ({r})" if r else t for t, r in pairs)
+    return (
+        f"Data that could not be read: {named}. What these types would decide was treated as unknown, "
+        "not as absent."
+    )
 
 
 def full_url(system: str, value: str) -> str:
@@ -259,6 +316,7 @@ class _Builder:
             s for s in assessment.get("sources") or [] if isinstance(s, Mapping) and s.get("reference")
         ]
         self.source_refs = _unique(str(s["reference"]).split("/_history/", 1)[0] for s in self.sources)
+        self.unavailable = unavailable_pairs(assessment.get("unavailable") or [])
         self.device_url = full_url(DEVICE_IDENTIFIER_SYSTEM, DEVICE_IDENTIFIER_VALUE)
         self.entries: list[dict[str, Any]] = []
 
@@ -268,7 +326,8 @@ class _Builder:
         """The draft's key; roles are qualified by the assessment's form, so an EHR that takes a
         DocumentReference gets drafts that point at it rather than at a ClinicalImpression."""
         qualified = role if role == self.assessment_as else f"{self.assessment_as}:{role}"
-        return draft_key(self.patient, self.criteria, qualified, self.sources)
+        unread = [{"resource_type": t, "reason": r} for t, r in self.unavailable]
+        return draft_key(self.patient, self.criteria, qualified, self.sources, unread)
 
     def add(self, resource: dict[str, Any], key: str, *, by_tag: bool = False) -> str:
         url = full_url(DRAFT_IDENTIFIER_SYSTEM, key)
@@ -328,6 +387,7 @@ class _Builder:
             f"Classification: {a.get('classification')}; next step: {a.get('next_step')}.",
             f"Criteria {self.criteria}, evaluated at {self.as_of}.",
             basis_text(findings, a.get("red_flags") or []),
+            unavailable_sentence({"resource_type": t, "reason": r} for t, r in self.unavailable),
             str(a.get("summary") or ""),
         ]
         items = [
@@ -343,6 +403,9 @@ class _Builder:
             for m in a.get("missing") or []
         ]
         return paragraphs, items
+
+    def unavailable_extensions(self) -> list[dict[str, Any]]:
+        return unavailable_extensions({"resource_type": t, "reason": r} for t, r in self.unavailable)
 
     def note_text(self) -> str:
         rationale = " ".join(str(r) for r in self.a.get("rationale") or [])
@@ -365,7 +428,10 @@ class _Builder:
             "resourceType": "ClinicalImpression",
             "meta": _draft_meta("ClinicalImpression"),
             "text": _narrative(paragraphs, items),
-            "extension": [{"url": NEXT_STEP_EXTENSION, "valueCoding": dict(self.next_step)}],
+            "extension": [
+                {"url": NEXT_STEP_EXTENSION, "valueCoding": dict(self.next_step)},
+                *self.unavailable_extensions(),
+            ],
             "identifier": self.identifier(key),
             "status": "in-progress",
             "statusReason": {"text": "Draft generated by decision support, awaiting clinician review"},
@@ -411,6 +477,7 @@ class _Builder:
             "extension": [
                 {"url": CLASSIFICATION_EXTENSION, "valueCoding": dict(self.classification)},
                 {"url": NEXT_STEP_EXTENSION, "valueCoding": dict(self.next_step)},
+                *self.unavailable_extensions(),
             ],
             "identifier": self.identifier(key),
             "status": "current",
@@ -434,8 +501,9 @@ class _Builder:
         context: dict[str, Any] = {}
         if self.encounter:
             context["encounter"] = [{"reference": self.encounter}]
-        if self.source_refs:
-            context["related"] = _refs(self.source_refs)
+        related = [r for r in self.source_refs if r != self.patient]  # the Patient is the subject
+        if related:
+            context["related"] = _refs(related)
         if context:
             resource["context"] = context
         return self.add(resource, key)

@@ -138,6 +138,7 @@ def _evaluate(
     used.update(outcome.evidence)
     if ladder_outcome is not None:
         used.update(ladder_outcome.evidence)
+    used.update(ctx.consulted)  # e.g. the Patient whose birthDate age-new-onset evaluated
 
     site_concept = _nodule_site(ctx)
     site_text = fj.concept_label(site_concept) if site_concept else data["site_unknown_text"]

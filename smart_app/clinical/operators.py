@@ -70,6 +70,9 @@ class Context:
     pain: Pain | None = None
     rejected: dict[str, str] = field(default_factory=dict)
     unknown_inputs: dict[str, str | None] = field(default_factory=dict)  # ladder input -> unread text
+    #: References a rule read to decide, whether or not it produced a result (e.g. the Patient whose
+    #: birthDate age-new-onset compared): they belong in ``sources`` like evidence does.
+    consulted: set[str] = field(default_factory=set)
 
     @property
     def data(self) -> Mapping[str, Any]:
@@ -519,6 +522,7 @@ def flag_age_new_onset(ctx: Context, spec: Mapping[str, Any]) -> FlagResult | No
     born = fj.parse_date(ctx.record.patient.get("birthDate"))
     if born is None:
         return None
+    ctx.consulted.add(ctx.record.patient_reference)  # the birth date decides, flag or no flag
     age = _age(born, ctx.as_of.date())
     limits = ctx.data["age_years"]
     if not (age < limits["below"] or age > limits["above"]):

@@ -84,7 +84,8 @@ class ProfileChecker:
                 self.profile_types[data["url"]] = data["type"]
                 children: dict[str, list[dict[str, Any]]] = {}
                 for element in data["snapshot"]["element"]:
-                    parent, _, _ = element["path"].rpartition(".")
+                    # by element id, so the children of each slice stay apart (profiling.html#slicing)
+                    parent, _, _ = element["id"].rpartition(".")
                     if parent:
                         children.setdefault(parent, []).append(element)
                 self._children[data["url"]] = children
@@ -148,8 +149,9 @@ class ProfileChecker:
             issues.extend(_Walk(self, url, resolve or {}).run(resource, sd["type"]))
         return issues
 
-    def children(self, url: str, path: str) -> list[dict[str, Any]]:
-        return self._children[url].get(path, [])
+    def children(self, url: str, element_id: str) -> list[dict[str, Any]]:
+        """The snapshot elements directly under the element with id ``element_id`` (slices included)."""
+        return self._children[url].get(element_id, [])
 
 
 def _all_codes(concepts: list[dict[str, Any]]) -> Iterator[str]:
@@ -182,11 +184,14 @@ class _Walk:
     def node(self, node: Mapping[str, Any], element_path: str, instance_path: str) -> None:
         known: set[str] = {"resourceType"} if "." not in element_path else set()
         choices: list[str] = []
-        for element in self.checker.children(self.url, element_path):
+        children = self.checker.children(self.url, element_path)
+        for element in children:
             name = element["path"].rsplit(".", 1)[1]
             if element.get("sliceName"):
                 self.slice(element, node.get(name), instance_path)
                 continue
+            if (element.get("slicing") or {}).get("rules") == "closed":
+                self.closed(element, children, node.get(name), instance_path)
             if name.endswith("[x]"):
                 prefix = name[:-3]
                 choices.append(prefix)
@@ -209,11 +214,41 @@ class _Walk:
                 continue
             self.issue(f"{instance_path}.{key}", "element not allowed here (not in the profile's snapshot)")
 
+    def slice_urls(self, element: Mapping[str, Any]) -> set[str]:
+        """The extension urls a slice matches: its type's profile, or (a sub-extension of a complex
+        extension) the url fixed on the slice's ``url`` child."""
+        urls = {p.split("|", 1)[0] for t in element.get("type", []) for p in t.get("profile", [])}
+        if not urls:
+            urls = {
+                str(child["fixedUri"])
+                for child in self.checker.children(self.url, element["id"])
+                if child["path"].endswith(".url") and isinstance(child.get("fixedUri"), str)
+            }
+        return urls
+
+    def closed(
+        self, element: Mapping[str, Any], siblings: list[dict[str, Any]], raw: Any, parent_path: str
+    ) -> None:
+        """Closed slicing (profiling.html#slicing, rules ``closed``): every item matches a slice."""
+        name = element["path"].rsplit(".", 1)[1]
+        allowed: set[str] = set()
+        for sibling in siblings:
+            if sibling.get("sliceName") and sibling["path"] == element["path"]:
+                allowed |= self.slice_urls(sibling)
+        items = raw if isinstance(raw, list) else [] if raw is None else [raw]
+        for index, item in enumerate(items):
+            url = item.get("url") if isinstance(item, dict) else None
+            if url not in allowed:
+                self.issue(
+                    f"{parent_path}.{name}[{index}]",
+                    f"{url!r} matches no slice (closed slicing; allowed: {', '.join(sorted(allowed))})",
+                )
+
     def slice(self, element: Mapping[str, Any], raw: Any, parent_path: str) -> None:
         """One slice of an extension array (discriminator ``value:url``): its cardinality and rules
         apply to the extensions whose url is the slice's extension definition."""
         name = element["path"].rsplit(".", 1)[1]
-        urls = {p.split("|", 1)[0] for t in element.get("type", []) for p in t.get("profile", [])}
+        urls = self.slice_urls(element)
         if not urls:
             self.issue(f"{parent_path}.{name}:{element['sliceName']}", "slice without a profile: not checked")
             return
@@ -281,10 +316,10 @@ class _Walk:
                 self.extension(here, element["path"], value)
             if (
                 isinstance(value, dict)
-                and self.checker.children(self.url, element["path"])
+                and self.checker.children(self.url, element["id"])
                 and not element.get("contentReference")
             ):
-                self.node(value, element["path"], here)
+                self.node(value, element["id"], here)
 
     @staticmethod
     def type_of(name: str, key: str, types: list[dict[str, Any]]) -> str | None:
