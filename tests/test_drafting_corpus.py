@@ -21,7 +21,6 @@ from writeback_fixtures import (
     RECORDED,
     corpus_assessment,
     corpus_names,
-    engine_available,
     patient_files,
 )
 
@@ -31,7 +30,6 @@ from smart_app.clinical.provenance import versioned_reference
 from smart_app.writeback import validate_drafts
 
 FORMS: tuple[AssessmentAs, ...] = ("ClinicalImpression", "DocumentReference")
-pytestmark = pytest.mark.skipif(not engine_available(), reason="smart_app.clinical assess not available")
 
 
 @pytest.mark.parametrize("kind, name", list(corpus_names()))

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import responses
-from writeback_fixtures import AUTHOR, RECORDED, corpus_assessment, engine_available, patient_files
+from writeback_fixtures import AUTHOR, RECORDED, corpus_assessment, patient_files
 
 from smart_app.clinical.drafting import build_transaction
 from smart_app.writeback import (
@@ -20,7 +20,6 @@ from smart_app.writeback import (
     write_for_cli,
 )
 
-pytestmark = pytest.mark.skipif(not engine_available(), reason="smart_app.clinical assess not available")
 BASE = "https://ehr.example/fhir"
 
 

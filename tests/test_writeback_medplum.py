@@ -25,7 +25,6 @@ from writeback_fixtures import (
     RECORDED,
     case_input,
     corpus_names,
-    engine_available,
     hand_assessment,
     hand_assessment_names,
     patient_input,
@@ -135,8 +134,6 @@ def test_transaction_over_the_limit_is_refused_by_medplum(medplum: MedplumServer
 
 @pytest.mark.parametrize("kind, name", list(corpus_names()))
 def test_corpus_drafts_accepted(medplum: MedplumServer, kind: str, name: str) -> None:  # noqa: F811
-    if not engine_available():
-        pytest.skip("smart_app.clinical assess/load_bundle not available")
     from smart_app.clinical import assess, load_bundle
 
     path = (DATA_DIR if kind == "patient" else CASES_DIR) / name
@@ -163,8 +160,6 @@ def test_corpus_drafts_accepted(medplum: MedplumServer, kind: str, name: str) ->
 
 
 def test_new_evidence_creates_new_drafts(medplum: MedplumServer) -> None:  # noqa: F811
-    if not engine_available():
-        pytest.skip("smart_app.clinical assess/load_bundle not available")
     from smart_app.clinical import assess, load_bundle
 
     path = sorted(DATA_DIR.glob("*.json"))[0]

@@ -63,14 +63,6 @@ def case_input(path: Path) -> tuple[bytes, datetime]:
     return json.dumps(bundle).encode("utf-8"), parse_instant(case["as_of"])
 
 
-def engine_available() -> bool:
-    try:
-        from smart_app.clinical import assess, load_bundle  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 @cache
 def corpus_assessment(kind: str, name: str) -> dict[str, Any]:
     """``assess(...).to_json()`` for a sandbox patient (kind ``patient``) or a case (kind ``case``). A
