@@ -27,6 +27,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
 from .outcome import JsonDict
+from .scopes import NON_CLINICAL
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ASSERTION_ALGS = ("RS384", "ES384", "RS256", "ES256")
@@ -94,18 +95,8 @@ def load_clients(raw: Sequence[Mapping[str, Any]]) -> dict[str, Client]:
     return clients
 
 
-DEFAULT_ALLOWED_SCOPES = (
-    "openid",
-    "fhirUser",
-    "profile",
-    "launch",
-    "launch/patient",
-    "launch/encounter",
-    "offline_access",
-    "online_access",
-    "patient/*.cruds",
-    "user/*.cruds",
-)
+#: What a client may be granted unless its registration lists scopes: everything the sandbox knows.
+DEFAULT_ALLOWED_SCOPES = (*sorted(NON_CLINICAL), "patient/*.cruds", "user/*.cruds")
 
 
 def load_clients_file(path: Path) -> list[JsonDict]:

@@ -7,7 +7,7 @@ code belongs to; rules later decide what each fact means.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -372,39 +372,26 @@ class Extractor:
 
     # -- Procedure / medications ----------------------------------------------------------------------
     def _Procedure(self, proc: dict[str, Any], ref: str) -> None:
-        urls, key, label = self.matched(proc.get("code"))
-        if not urls:
-            return
-        slim = self.facts.resources[ref] = _slim(proc)
-        try:
-            when = fj.procedure_time(proc)
-        except fj.BadTime as exc:
-            self.facts.ignore(ref, f"malformed: {exc}")
-            return
-        if self.future(when):
-            assert when is not None
-            self.facts.ignore(ref, f"dated after the evaluation time ({when.text})")
-            return
-        self.add(
-            Fact(
-                ref=ref,
-                rtype="Procedure",
-                valuesets=urls,
-                code_key=key,
-                label=label,
-                when=when,
-                status=fj.as_str(proc.get("status")),
-                resource=slim,
-            )
-        )
+        self._dated_event(proc, ref, "Procedure", proc.get("code"), fj.procedure_time)
 
     def _medication(self, med: dict[str, Any], ref: str, rtype: str) -> None:
-        urls, key, label = self.matched(fj.medication_concept(med))
+        self._dated_event(med, ref, rtype, fj.medication_concept(med), fj.medication_time)
+
+    def _dated_event(
+        self,
+        resource: dict[str, Any],
+        ref: str,
+        rtype: str,
+        concept: Any,
+        time_of: Callable[[dict[str, Any]], fj.When | None],
+    ) -> None:
+        """A Procedure or medication whose code is in a criteria ValueSet, with its time and status."""
+        urls, key, label = self.matched(concept)
         if not urls:
             return
-        slim = self.facts.resources[ref] = _slim(med)
+        slim = self.facts.resources[ref] = _slim(resource)
         try:
-            when = fj.medication_time(med)
+            when = time_of(resource)
         except fj.BadTime as exc:
             self.facts.ignore(ref, f"malformed: {exc}")
             return
@@ -420,7 +407,7 @@ class Extractor:
                 code_key=key,
                 label=label,
                 when=when,
-                status=fj.as_str(med.get("status")),
+                status=fj.as_str(resource.get("status")),
                 resource=slim,
             )
         )
