@@ -42,6 +42,8 @@ DEFAULTS: dict[str, Any] = {
     "LAUNCH_PENDING_TTL_SECONDS": 600,
     # Launches one browser session may have in flight at once (several EHR tabs).
     "LAUNCH_MAX_PENDING": 5,
+    # Browser cache lifetime of the page's CSS/JS (seconds); patient pages themselves are never cached.
+    "SEND_FILE_MAX_AGE_DEFAULT": 3600,
     # Outbound timeouts for SMART discovery and the token endpoint.
     "HTTP_TIMEOUT": [3.05, 15.0],
 }

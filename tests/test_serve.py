@@ -1,0 +1,83 @@
+"""``smart-app serve``: the production WSGI server (gunicorn), configured from the environment."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+pytestmark = pytest.mark.e2e
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def serve(tmp_path: Path, **env: str) -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``smart-app serve`` with ``env`` added; returns the process and its base URL."""
+    port = free_port()
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("SMART_APP_")}
+    environment.update({"SMART_APP_INSTANCE_PATH": str(tmp_path), **env})
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "smart_app.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+        ],
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    return process, f"http://127.0.0.1:{port}"
+
+
+def wait_for(url: str, process: subprocess.Popen[bytes]) -> requests.Response:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(process.communicate()[0].decode())
+        try:
+            return requests.get(url, timeout=2)
+        except requests.ConnectionError:
+            time.sleep(0.2)
+    raise AssertionError(f"{url} did not answer")
+
+
+def test_serve_runs_the_app_under_gunicorn_with_settings_from_the_environment(tmp_path: Path) -> None:
+    process, url = serve(tmp_path, SMART_APP_SECRET_KEY="a-long-random-production-secret-for-this-test")
+    try:
+        chooser = wait_for(f"{url}/launch", process)
+        assert chooser.status_code == 200
+        assert "Local sandbox EHR" in chooser.text  # the shipped registration, offered for standalone launch
+        assert chooser.headers["Cache-Control"] == "no-store"
+        jwks = requests.get(f"{url}/.well-known/jwks.json", timeout=5).json()
+        assert jwks["keys"] and all("d" not in key for key in jwks["keys"])  # public halves only
+        refused = requests.get(f"{url}/launch", params={"iss": "https://unknown.example/fhir"}, timeout=5)
+        assert refused.status_code == 400
+    finally:
+        process.terminate()
+        output = process.communicate(timeout=30)[0].decode()
+    assert "Booting worker" in output
+    assert '"GET /launch"' in output and "unknown.example" not in output  # access log: paths only
+
+
+def test_serve_refuses_the_development_secret(tmp_path: Path) -> None:
+    process, _ = serve(tmp_path)
+    output = process.communicate(timeout=60)[0].decode()
+    assert process.returncode != 0
+    assert "SMART_APP_SECRET_KEY" in output
