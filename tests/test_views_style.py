@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import responses
 
-from smart_app.web.views import contrast, sanitise_style
+from smart_app.web.theme import contrast, sanitise_style
 from tests.views_fixtures import PROBABLE, FakeEhr, ehr_fixture, fake_launch, views_app_fixture
 
 __all__ = ["ehr_fixture", "views_app_fixture"]

@@ -1,0 +1,178 @@
+"""Write-back of the reviewed drafts (issue 4): ``/writeback``, ``/draft.json`` and the outcome view
+(blueprint ``main``). Named ``write`` so it does not clash with ``smart_app.writeback``."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Literal
+
+from flask import Response, abort, current_app, flash, redirect, render_template, request, url_for
+from werkzeug.wrappers import Response as BaseResponse
+
+from smart_app.auditlog import audit_event
+from smart_app.fhir.errors import FhirError
+from smart_app.web.common import REVIEW_KEY, _client, _get, _scopes, _smart, bp
+from smart_app.web.session import launch_required
+from smart_app.writeback import InvalidDraft, WriteOutcome, write_drafts
+
+
+def _registration(smart: dict[str, Any]) -> Any | None:
+    """The EHR registration of this launch (``smart_app.smart.registrations``), when the app knows it."""
+    from smart_app.web.session import launch_registry
+
+    reg_id = smart.get("registration_id")
+    if not reg_id:
+        return None
+    return launch_registry(current_app).by_id(str(reg_id))
+
+
+AssessmentAs = Literal["ClinicalImpression", "DocumentReference"]
+
+
+def _writeback_options(smart: dict[str, Any]) -> tuple[str, AssessmentAs]:
+    """(mode, assessment_as) from the registration; transaction + ClinicalImpression by default."""
+    reg = _registration(smart)
+    options = getattr(reg, "writeback", None)
+    mode = str(getattr(options, "mode", "transaction") or "transaction")
+    as_doc = getattr(options, "assessment_as", "ClinicalImpression") == "DocumentReference"
+    assessment_as: AssessmentAs = "DocumentReference" if as_doc else "ClinicalImpression"
+    return mode, assessment_as
+
+
+def _mode(mode: str) -> Literal["transaction", "sequential"]:
+    return "sequential" if mode == "sequential" else "transaction"
+
+
+def _write_state(smart: dict[str, Any], cached: dict[str, Any]) -> dict[str, Any]:
+    """Whether the write button is offered, and if not, why (issue 4 item 4)."""
+    missing = list(cached.get("missing_write_scopes") or [])
+    return {
+        "has_draft": bool(cached.get("drafts")),
+        "missing_scopes": missing,
+        "unsaved_exam": bool(cached.get("unsaved_exam")),
+        "can_write": bool(cached.get("drafts")) and not missing and not cached.get("unsaved_exam"),
+        "can_write_observation": _scopes(smart).can_write("Observation"),
+    }
+
+
+# --- write-back -------------------------------------------------------------------------------------------
+def _outcome_view(outcome: WriteOutcome) -> dict[str, Any]:
+    """A ``WriteOutcome`` as plain data for the result template."""
+    return {
+        "ok": outcome.ok,
+        "mode": outcome.mode,
+        "entries": [
+            {
+                "type": w.resource_type,
+                "id": w.id or "",
+                "version": w.version or "",
+                "status": w.status,
+                "created": w.created,
+                "location": w.location or "",
+            }
+            for w in outcome.written
+        ],
+        "issues": list(outcome.errors),
+        "status": outcome.status,
+        "failed": outcome.failed,
+        "not_written": list(outcome.not_written),
+        "notes": list(outcome.notes),
+    }
+
+
+def _resource_link(fhir_base: str, rtype: str, rid: str) -> str:
+    return f"{fhir_base.rstrip('/')}/{rtype}/{rid}" if rtype and rid else ""
+
+
+@bp.post("/writeback")
+@launch_required
+def writeback() -> tuple[str, int] | BaseResponse:
+    """Write the reviewed draft as one transaction (issue 4 item 3); keep it for retry on failure."""
+    smart = _smart()
+    cached = _get(REVIEW_KEY)
+    if (
+        not isinstance(cached, dict)
+        or cached.get("patient_id") != smart.get("patient")
+        or not cached.get("drafts")
+    ):
+        flash("The review had expired, so it was read again. Check it, then write the draft.", "warning")
+        return redirect(url_for("main.review"), code=303)
+    if request.form.get("draft_digest") != cached.get("draft_digest"):
+        flash(
+            "The draft changed since the page was shown (new data or a recorded exam). "
+            "Check the updated review, then write again.",
+            "warning",
+        )
+        return redirect(url_for("main.review"), code=303)
+    state = _write_state(smart, cached)
+    if not state["can_write"]:
+        return render_template(
+            "writeback_result.html",
+            outcome=None,
+            write=state,
+            smart=smart,
+            fhir_base=smart.get("fhir_base", ""),
+            draft_digest=cached.get("draft_digest"),
+            link=_resource_link,
+        ), 403
+    mode, _ = _writeback_options(smart)
+    try:
+        with _client(smart) as client:
+            written = write_drafts(client, cached["drafts"], _mode(mode))
+            outcome = _outcome_view(written)
+        audit_event(
+            "write",
+            ids=[f"{w.resource_type}/{w.id}" for w in written.written if w.id],
+            patient=cached.get("patient_id"),
+            status=written.status,
+            mode=written.mode,
+        )
+    except InvalidDraft as exc:
+        outcome = {
+            "ok": False,
+            "entries": [],
+            "mode": mode,
+            "status": None,
+            "failed": None,
+            "not_written": [],
+            "notes": ["The draft did not pass the app's own profile check, so nothing was sent."],
+            "issues": exc.issues,
+        }
+    except FhirError as exc:
+        audit_event("error", where="writeback", status=exc.status, error=type(exc).__name__)
+        outcome = {
+            "ok": False,
+            "entries": [],
+            "issues": exc.issues() or [exc.message],
+            "mode": mode,
+            "status": exc.status,
+            "failed": None,
+            "not_written": [],
+            "notes": [],
+        }
+    status = 200 if outcome["ok"] else 502
+    return render_template(
+        "writeback_result.html",
+        outcome=outcome,
+        write=state,
+        smart=smart,
+        fhir_base=smart.get("fhir_base", ""),
+        draft_digest=cached.get("draft_digest"),
+        link=_resource_link,
+    ), status
+
+
+@bp.get("/draft.json")
+@launch_required
+def draft_json() -> Response:
+    """The draft transaction Bundle as a download, for EHRs where the write scopes are missing."""
+    cached = _get(REVIEW_KEY)
+    if not isinstance(cached, dict) or not cached.get("drafts"):
+        abort(404)
+    body = json.dumps(cached["drafts"], indent=2, sort_keys=True, ensure_ascii=False)
+    patient = re.sub(r"[^A-Za-z0-9.-]", "_", str(cached.get("patient_id") or "patient"))[:64]
+    resp = Response(body, mimetype="application/fhir+json")
+    resp.headers["Content-Disposition"] = f'attachment; filename="back-mice-draft-{patient}.json"'
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
