@@ -41,6 +41,8 @@ def open_chart(page: Any, live: Servers, patient_id: str) -> Any:
     page.locator(f"button[name=patient][value='{patient_id}']").click()
     frame = app_frame(page)
     frame.locator("h1#headline").wait_for()
+    for app_document in (f for f in page.frames if f.url.startswith(live.app_url)):
+        app_document.wait_for_load_state("load")  # stylesheets applied before colours are measured
     return frame
 
 
