@@ -163,6 +163,14 @@ class Extractor:
     def future(self, when: When | None) -> bool:
         return when is not None and when.start > self.as_of
 
+    def ignored_as_future(self, ref: str, *times: When | None) -> bool:
+        """Report ``ref`` as ignored when any of its times is after the evaluation time (CLINICAL.md)."""
+        for when in times:
+            if when is not None and self.future(when):
+                self.facts.ignore(ref, f"dated after the evaluation time ({when.text})")
+                return True
+        return False
+
     # -- per resource ----------------------------------------------------------------------------------
     def feed(self, res: Any) -> None:
         self.count += 1
@@ -288,8 +296,7 @@ class Extractor:
         except fj.BadTime as exc:
             self.facts.ignore(ref, f"malformed: {exc}")
             return
-        if when is not None and self.future(when):
-            self.facts.ignore(ref, f"dated after the evaluation time ({when.text})")
+        if self.ignored_as_future(ref, when):
             return
         for urls, key, label, element, value_is_code in elements:
             polarity, note = ("present", None) if value_is_code else self.polarity(element)
@@ -348,11 +355,8 @@ class Extractor:
         except fj.BadTime as exc:
             self.facts.ignore(ref, f"malformed: {exc}")
             return
-        for when in (onset, recorded):
-            if self.future(when):
-                assert when is not None
-                self.facts.ignore(ref, f"dated after the evaluation time ({when.text})")
-                return
+        if self.ignored_as_future(ref, onset, recorded):
+            return
         clinical = fj.status_code(cond.get("clinicalStatus"))
         if clinical is None and abated is not None and abated.start <= self.as_of:
             clinical = "inactive"  # con-4: an abated Condition is inactive/resolved/remission
@@ -395,9 +399,7 @@ class Extractor:
         except fj.BadTime as exc:
             self.facts.ignore(ref, f"malformed: {exc}")
             return
-        if self.future(when):
-            assert when is not None
-            self.facts.ignore(ref, f"dated after the evaluation time ({when.text})")
+        if self.ignored_as_future(ref, when):
             return
         self.add(
             Fact(
