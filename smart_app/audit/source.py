@@ -4,7 +4,8 @@ search; "Bundle")."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 import orjson
@@ -41,12 +42,27 @@ class FhirReader(Protocol):
 
     def read(self, resource_type: str, resource_id: str) -> dict[str, Any]: ...
 
+    def vread(self, resource_type: str, resource_id: str, version_id: str) -> dict[str, Any]: ...
+
     def search_all(self, resource_type: str, params: dict[str, str]) -> list[dict[str, Any]]: ...
 
 
 def _status(exc: BaseException) -> int | None:
     status = getattr(exc, "status", None)
     return status if isinstance(status, int) else None
+
+
+@contextmanager
+def _not_found_as(target: str) -> Iterator[None]:
+    """404/410 from the server become :class:`NotFound`, 403 :class:`NotAccessible`, naming ``target``."""
+    try:
+        yield
+    except Exception as exc:
+        if _status(exc) in (404, 410):
+            raise NotFound(target) from exc
+        if _status(exc) == 403:
+            raise NotAccessible(target) from exc
+        raise
 
 
 class FhirSource:
@@ -57,46 +73,19 @@ class FhirSource:
         self.client = client
 
     def read(self, resource_type: str, resource_id: str) -> dict[str, Any]:
-        try:
+        target = f"{resource_type}/{resource_id}"
+        with _not_found_as(target):
             return self.client.read(resource_type, resource_id)
-        except Exception as exc:
-            if _status(exc) in (404, 410):
-                raise NotFound(f"{resource_type}/{resource_id}") from exc
-            if _status(exc) == 403:
-                raise NotAccessible(f"{resource_type}/{resource_id}") from exc
-            raise
 
     def vread(self, resource_type: str, resource_id: str, version_id: str) -> dict[str, Any]:
         """FHIR R4 "vread": ``GET [base]/[type]/[id]/_history/[vid]``."""
+        target = f"{resource_type}/{resource_id}/_history/{version_id}"
         if not (_ID_RE.fullmatch(resource_id) and _ID_RE.fullmatch(version_id)):
-            raise NotFound(f"{resource_type}/{resource_id}/_history/{version_id}")
-        vread = getattr(self.client, "vread", None)
-        try:
-            if callable(vread):
-                result = vread(resource_type, resource_id, version_id)
-            else:
-                result = self._vread_fallback(resource_type, resource_id, version_id)
-        except Exception as exc:
-            if _status(exc) in (404, 410):
-                raise NotFound(f"{resource_type}/{resource_id}/_history/{version_id}") from exc
-            if _status(exc) == 403:
-                raise NotAccessible(f"{resource_type}/{resource_id}/_history/{version_id}") from exc
-            raise
+            raise NotFound(target)
+        with _not_found_as(target):
+            result = self.client.vread(resource_type, resource_id, version_id)
         if not isinstance(result, dict):
-            raise NotFound(f"{resource_type}/{resource_id}/_history/{version_id}")
-        return result
-
-    def _vread_fallback(self, resource_type: str, resource_id: str, version_id: str) -> Any:
-        """For a client without ``vread``: the same GET through its (base-checked) transport."""
-        request = getattr(self.client, "_request", None)
-        decode = getattr(self.client, "_json_body", None)
-        base = getattr(self.client, "base_url", None)
-        if not (callable(request) and callable(decode) and isinstance(base, str)):
-            raise NotImplementedError("this FHIR client cannot read a resource version (vread)")
-        response = request("GET", f"{base}/{resource_type}/{resource_id}/_history/{version_id}")
-        result = decode(response)
-        if not isinstance(result, dict) or result.get("resourceType") != resource_type:
-            return None
+            raise NotFound(target)
         return result
 
     def search(self, resource_type: str, params: dict[str, str]) -> list[dict[str, Any]]:
