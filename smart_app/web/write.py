@@ -107,15 +107,7 @@ def writeback() -> tuple[str, int] | BaseResponse:
         return redirect(url_for("main.review"), code=303)
     state = _write_state(smart, cached)
     if not state["can_write"]:
-        return render_template(
-            "writeback_result.html",
-            outcome=None,
-            write=state,
-            smart=smart,
-            fhir_base=smart.get("fhir_base", ""),
-            draft_digest=cached.get("draft_digest"),
-            link=_resource_link,
-        ), 403
+        return _result_page(None, state, smart, cached), 403
     mode, _ = _writeback_options(smart)
     try:
         with _client(smart) as client:
@@ -129,29 +121,37 @@ def writeback() -> tuple[str, int] | BaseResponse:
             mode=written.mode,
         )
     except InvalidDraft as exc:
-        outcome = {
-            "ok": False,
-            "entries": [],
-            "mode": mode,
-            "status": None,
-            "failed": None,
-            "not_written": [],
-            "notes": ["The draft did not pass the app's own profile check, so nothing was sent."],
-            "issues": exc.issues,
-        }
+        outcome = _nothing_written(
+            mode,
+            list(exc.issues),
+            notes=["The draft did not pass the app's own profile check, so nothing was sent."],
+        )
     except FhirError as exc:
         audit_event("error", where="writeback", status=exc.status, error=type(exc).__name__)
-        outcome = {
-            "ok": False,
-            "entries": [],
-            "issues": exc.issues() or [exc.message],
-            "mode": mode,
-            "status": exc.status,
-            "failed": None,
-            "not_written": [],
-            "notes": [],
-        }
-    status = 200 if outcome["ok"] else 502
+        outcome = _nothing_written(mode, exc.issues() or [exc.message], status=exc.status)
+    return _result_page(outcome, state, smart, cached), 200 if outcome["ok"] else 502
+
+
+def _nothing_written(
+    mode: str, issues: list[Any], *, status: int | None = None, notes: list[str] | None = None
+) -> dict[str, Any]:
+    """The result view of a write that sent nothing or was refused whole."""
+    return {
+        "ok": False,
+        "entries": [],
+        "issues": issues,
+        "mode": mode,
+        "status": status,
+        "failed": None,
+        "not_written": [],
+        "notes": notes or [],
+    }
+
+
+def _result_page(
+    outcome: dict[str, Any] | None, state: dict[str, Any], smart: dict[str, Any], cached: dict[str, Any]
+) -> str:
+    """The write-back result (or the missing-scopes explanation when ``outcome`` is None)."""
     return render_template(
         "writeback_result.html",
         outcome=outcome,
@@ -160,7 +160,7 @@ def writeback() -> tuple[str, int] | BaseResponse:
         fhir_base=smart.get("fhir_base", ""),
         draft_digest=cached.get("draft_digest"),
         link=_resource_link,
-    ), status
+    )
 
 
 @bp.get("/draft.json")
