@@ -170,26 +170,24 @@ class FhirClient:
         _check_type(resource_type)
         if not _ID_RE.fullmatch(resource_id):
             raise ValueError("resource id is not a valid FHIR id")
-        response = self._request("GET", f"{self.base_url}/{resource_type}/{resource_id}")
-        resource = self._json_body(response)
-        if not isinstance(resource, dict) or resource.get("resourceType") != resource_type:
-            raise FhirMalformedResponse(
-                f"read {resource_type}: the server did not return a {resource_type} resource",
-                status=response.status_code,
-            )
-        return resource
+        return self._get_resource("read", resource_type, f"{resource_type}/{resource_id}")
 
     def vread(self, resource_type: str, resource_id: str, version_id: str) -> dict[str, Any]:
         """FHIR R4 http.html#vread: ``GET [base]/[type]/[id]/_history/[vid]``."""
         _check_type(resource_type)
         if not (_ID_RE.fullmatch(resource_id) and _ID_RE.fullmatch(version_id)):
             raise ValueError("resource id or version id is not a valid FHIR id")
-        url = f"{self.base_url}/{resource_type}/{resource_id}/_history/{version_id}"
-        response = self._request("GET", url)
+        return self._get_resource(
+            "vread", resource_type, f"{resource_type}/{resource_id}/_history/{version_id}"
+        )
+
+    def _get_resource(self, interaction: str, resource_type: str, path: str) -> dict[str, Any]:
+        """GET ``[base]/path`` and check the answer is a ``resource_type`` resource."""
+        response = self._request("GET", f"{self.base_url}/{path}")
         resource = self._json_body(response)
         if not isinstance(resource, dict) or resource.get("resourceType") != resource_type:
             raise FhirMalformedResponse(
-                f"vread {resource_type}: the server did not return a {resource_type} resource",
+                f"{interaction} {resource_type}: the server did not return a {resource_type} resource",
                 status=response.status_code,
             )
         return resource
@@ -451,7 +449,12 @@ class FhirClient:
                     delay = self._backoff_delay(attempt)
                     logger.warning(
                         "FHIR %s %s %s after %.0f ms; retry %d in %.2f s",
-                        method, label, kind, elapsed, attempt + 1, delay,
+                        method,
+                        label,
+                        kind,
+                        elapsed,
+                        attempt + 1,
+                        delay,
                     )
                     self._sleep(delay)
                     attempt += 1
@@ -476,13 +479,23 @@ class FhirClient:
                 if retry_after is not None and retry_after > self.max_retry_after:
                     logger.warning(
                         "FHIR %s %s -> %d in %.0f ms; Retry-After %.0f s exceeds the %.0f s cap, giving up",
-                        method, label, status, elapsed, retry_after, self.max_retry_after,
+                        method,
+                        label,
+                        status,
+                        elapsed,
+                        retry_after,
+                        self.max_retry_after,
                     )
                     return response
                 delay = retry_after if retry_after is not None else self._backoff_delay(attempt)
                 logger.warning(
                     "FHIR %s %s -> %d in %.0f ms; retry %d in %.2f s",
-                    method, label, status, elapsed, attempt + 1, delay,
+                    method,
+                    label,
+                    status,
+                    elapsed,
+                    attempt + 1,
+                    delay,
                 )
                 response.close()
                 self._sleep(delay)
@@ -585,7 +598,7 @@ def _label(base: _Base, url: str, params: SearchParams | None = None) -> str:
         return "<unparseable url>"
     path = parts.path
     if path.startswith(base.path):
-        path = path[len(base.path):]
+        path = path[len(base.path) :]
     segments = [segment for segment in path.split("/") if segment]
     if not segments:
         name = "[base]"
@@ -665,7 +678,7 @@ def _parse_location(location: str | None, resource_type: str) -> tuple[str | Non
         index = len(segments) - 1 - segments[::-1].index(resource_type)
     except ValueError:
         return None, None
-    rest = segments[index + 1:]
+    rest = segments[index + 1 :]
     resource_id = rest[0] if rest and _ID_RE.fullmatch(rest[0]) else None
     version = rest[2] if len(rest) >= 3 and rest[1] == "_history" and _ID_RE.fullmatch(rest[2]) else None
     return resource_id, version
