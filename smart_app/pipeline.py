@@ -1,4 +1,8 @@
-"""fetch → map → evaluate → draft: the one call a view or the CLI makes (DESIGN.md, "One launch")."""
+"""read → findings → criteria → assessment → drafts: the one path for the web app and the command line
+(docs/architecture.md#data-flow).
+
+A view, the CLI and the CDS service call these functions; none of them assembles the steps itself.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from smart_app.clinical import PatientRecord, assess
-from smart_app.clinical.drafting import AssessmentAs, build_transaction
+from smart_app.clinical import PatientRecord, assess, assess_bundle, load_bundle
+from smart_app.drafts.build import AssessmentAs, build_transaction
+from smart_app.drafts.written import types_in
 from smart_app.fhir.client import FhirClient
-from smart_app.fhir.record import FetchResult, fetch_patient_record
+from smart_app.fhir.record import DEFAULT_PAGE_SIZE, FetchResult, fetch_patient_record
 from smart_app.smart.scopes import ScopeSet
+
+
+def now() -> datetime:
+    """The evaluation time: UTC, whole seconds (so reproductions can quote it exactly)."""
+    return datetime.now(UTC).replace(microsecond=0)
 
 
 @dataclass
@@ -23,16 +33,11 @@ class Review:
     assessment: dict[str, Any] | None
     drafts: dict[str, Any] | None
     missing_write_scopes: list[str] = field(default_factory=list)
-    as_of: datetime = field(default_factory=lambda: datetime.now(UTC))
+    as_of: datetime = field(default_factory=now)
 
     @property
     def can_write(self) -> bool:
         return self.drafts is not None and not self.missing_write_scopes
-
-
-def now() -> datetime:
-    """The evaluation time: UTC, whole seconds (so reproductions can quote it exactly)."""
-    return datetime.now(UTC).replace(microsecond=0)
 
 
 def unavailable_types(fetched: FetchResult) -> dict[str, str]:
@@ -47,16 +52,19 @@ def unavailable_types(fetched: FetchResult) -> dict[str, str]:
     return unavailable
 
 
-def missing_write_scopes(
-    scopes: ScopeSet, assessment: dict[str, Any], assessment_as: AssessmentAs
-) -> list[str]:
-    """Resource types the drafts need to create but the granted scopes do not allow."""
-    needed = [assessment_as, "Provenance", "Device"]
-    if assessment.get("procedure_suggestion"):
-        needed.append("ServiceRequest")
-    if assessment.get("red_flags"):
-        needed.append("DetectedIssue")
-    return [t for t in needed if not scopes.can_write(t)]
+def missing_write_scopes(scopes: ScopeSet, drafts: dict[str, Any]) -> list[str]:
+    """Resource types the drafts create that the granted scopes do not allow creating."""
+    return [t for t in types_in(drafts) if not scopes.can_write(t)]
+
+
+def record_of(fetched: FetchResult, extra_resources: Sequence[dict[str, Any]] = ()) -> PatientRecord:
+    """The patient's record as read (the Patient must have been read), plus ``extra_resources``."""
+    assert fetched.patient is not None
+    return PatientRecord(
+        patient=fetched.patient,
+        resources=[*fetched.resources, *extra_resources],
+        unavailable=unavailable_types(fetched),
+    )
 
 
 def review_patient(
@@ -70,21 +78,18 @@ def review_patient(
     as_of: datetime | None = None,
     readable: Callable[[str], bool] | None = None,
     extra_resources: Sequence[dict[str, Any]] = (),
+    criteria_version: str | None = None,
+    page_size: int = DEFAULT_PAGE_SIZE,
 ) -> Review:
     """Read the patient's record over FHIR, assess it and draft the write-back.
 
     ``extra_resources`` are added to what was read: an exam recorded in this session but not saved.
     """
     as_of = as_of or now()
-    fetched = fetch_patient_record(client, patient_id, readable or scopes.can_read)
+    fetched = fetch_patient_record(client, patient_id, readable or scopes.can_read, page_size=page_size)
     if fetched.patient is None:
         return Review(patient_id=patient_id, fetch=fetched, assessment=None, drafts=None, as_of=as_of)
-    record = PatientRecord(
-        patient=fetched.patient,
-        resources=[*fetched.resources, *extra_resources],
-        unavailable=unavailable_types(fetched),
-    )
-    assessment = assess(record, as_of).to_json()
+    assessment = assess(record_of(fetched, extra_resources), as_of, criteria_version).to_json()
     drafts = build_transaction(
         assessment, author=author, encounter=encounter, recorded=as_of, assessment_as=assessment_as
     )
@@ -93,6 +98,41 @@ def review_patient(
         fetch=fetched,
         assessment=assessment,
         drafts=drafts,
-        missing_write_scopes=missing_write_scopes(scopes, assessment, assessment_as),
+        missing_write_scopes=missing_write_scopes(scopes, drafts),
         as_of=as_of,
+    )
+
+
+def assess_file(data: bytes, as_of: datetime, criteria_version: str | None = None) -> dict[str, Any]:
+    """The Assessment JSON of a Bundle file holding one patient's record (streamed: bytes to assessment
+    without holding the whole Bundle). Raises ``UnusableInput``."""
+    return assess_bundle(data, as_of, criteria_version).to_json()
+
+
+def assess_server(
+    client: FhirClient, patient_id: str, as_of: datetime, criteria_version: str | None = None
+) -> tuple[dict[str, Any] | None, FetchResult]:
+    """The Assessment JSON of a patient read from a FHIR server with every type readable; ``None`` when
+    the Patient itself could not be read."""
+    fetched = fetch_patient_record(client, patient_id, lambda _type: True)
+    if fetched.patient is None:
+        return None, fetched
+    return assess(record_of(fetched), as_of, criteria_version).to_json(), fetched
+
+
+def draft_file(
+    data: bytes,
+    *,
+    as_of: datetime,
+    recorded: datetime,
+    author: str | None = None,
+    encounter: str | None = None,
+    assessment_as: AssessmentAs = "ClinicalImpression",
+    criteria_version: str | None = None,
+) -> dict[str, Any]:
+    """The transaction Bundle the write-back would send for the patient in a Bundle file. Raises
+    ``UnusableInput`` or ``DraftingError``."""
+    assessment = assess(load_bundle(data), as_of, criteria_version).to_json()
+    return build_transaction(
+        assessment, author=author, encounter=encounter, recorded=recorded, assessment_as=assessment_as
     )

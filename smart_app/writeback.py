@@ -1,6 +1,7 @@
-"""Validate the drafts and write them to the EHR (DESIGN.md steps 11-13; FHIR R4 http.html).
+"""Validate the drafts and write them to the EHR: the one write path (docs/architecture.md#data-flow;
+FHIR R4 http.html).
 
-``transaction`` mode sends the Bundle from :func:`smart_app.clinical.drafting.build_transaction` as one
+``transaction`` mode sends the Bundle from :func:`smart_app.drafts.build.build_transaction` as one
 transaction (http.html#transaction): all-or-nothing, each entry a conditional create
 (``ifNoneExist``, http.html#ccreate), so a retry, a double click or a second tab finds what the first
 write created. ``sequential`` mode, for EHRs without transactions (per registration), sends the same
@@ -9,39 +10,22 @@ Provenance last), rewriting ``urn:uuid`` references to the ids the server gave, 
 failure, reporting what was written. Servers that cap the entries of a transaction with conditional
 creates (Medplum: 8) get sequential writes when ``max_transaction_entries`` says so.
 
-No Flask here: the web layer and the CLI call :func:`write_drafts`, :func:`draft_for_cli` and
-:func:`write_for_cli`.
+No Flask here: the web layer and the CLI call :func:`write_drafts`.
 """
 
 from __future__ import annotations
 
 import copy
-import os
-import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from typing import Any, Literal, Protocol
 
-from smart_app.clinical.drafting import AssessmentAs, DraftingError, build_transaction, now
-from smart_app.clinical.profiles import ProfileIssue, check_bundle
+from smart_app import fhirjson as fj
+from smart_app.drafts.profiles import ProfileIssue, check_bundle
 from smart_app.fhir.client import WriteResult
 from smart_app.fhir.errors import FhirError, FhirMalformedResponse, FhirTimeout
 
 Mode = Literal["transaction", "sequential"]
-
-EXIT_OK = 0
-EXIT_INTERNAL = 1
-EXIT_UNUSABLE_INPUT = 2
-EXIT_REFUSED = 3
-#: Environment variable holding the bearer token for ``smart-app write``.
-TOKEN_ENV = "SMART_APP_FHIR_TOKEN"
-
-_LOCATION_RE = re.compile(
-    r"(?:^|/)([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/([A-Za-z0-9\-.]{1,64}))?/?$"
-)
-_AUTHOR_RE = re.compile(r"^(Practitioner|PractitionerRole)/[A-Za-z0-9\-.]{1,64}$")
-_REFERENCE_RE = re.compile(r"^(Encounter)/[A-Za-z0-9\-.]{1,64}$")
 
 
 class Writer(Protocol):
@@ -168,18 +152,6 @@ def _failure(mode: Mode, exc: FhirError) -> WriteOutcome:
     return outcome
 
 
-def _parse_location(location: str | None) -> tuple[str | None, str | None, str | None]:
-    match = _LOCATION_RE.search(location or "")
-    return (match.group(1), match.group(2), match.group(3)) if match else (None, None, None)
-
-
-def _etag_version(etag: Any) -> str | None:
-    if not isinstance(etag, str) or not etag:
-        return None
-    value = etag.removeprefix("W/").strip('"')
-    return value or None
-
-
 def _transaction(client: Writer, bundle: dict[str, Any]) -> WriteOutcome:
     try:
         response = client.transaction(bundle)
@@ -190,12 +162,10 @@ def _transaction(client: Writer, bundle: dict[str, Any]) -> WriteOutcome:
         answer = got.get("response") or {}
         returned = got.get("resource") if isinstance(got.get("resource"), dict) else {}
         location = answer.get("location")
-        rtype, rid, version = _parse_location(location)
+        rtype, rid, version = fj.location_parts(location)
         rtype = rtype or returned.get("resourceType") or sent["resource"]["resourceType"]
         rid = rid or returned.get("id")
-        version = (
-            version or _etag_version(answer.get("etag")) or (returned.get("meta") or {}).get("versionId")
-        )
+        version = version or fj.etag_version(answer.get("etag")) or fj.version_id(returned)
         status = str(answer.get("status", "")).strip()
         outcome.written.append(
             WrittenEntry(
@@ -282,80 +252,3 @@ def _sequential(client: Writer, entries: list[dict[str, Any]]) -> WriteOutcome:
             )
         )
     return outcome
-
-
-# -- command line helpers (the lead wires them into argparse as `smart-app draft` / `smart-app write`)
-
-
-def _check_reference(value: str | None, pattern: re.Pattern[str], what: str) -> str | None:
-    if value is not None and not pattern.match(value):
-        raise DraftingError(f"{what} must look like {pattern.pattern.strip('^$')}")
-    return value
-
-
-def draft_for_cli(
-    data: bytes,
-    *,
-    as_of: datetime | None = None,
-    author: str | None = None,
-    encounter: str | None = None,
-    assessment_as: AssessmentAs = "ClinicalImpression",
-    recorded: datetime | None = None,
-) -> tuple[dict[str, Any], int]:
-    """``smart-app draft``: the transaction Bundle the write-back would send for the patient in the
-    Bundle file ``data`` (same input rules as ``assess``), and the exit status: 0, 2 for unusable input
-    (not a Bundle, no single Patient, a bad ``--author``), 1 when the draft fails the app's own profiles."""
-    from smart_app.clinical import UnusableInput, assess, load_bundle
-
-    try:
-        _check_reference(author, _AUTHOR_RE, "--author")
-        _check_reference(encounter, _REFERENCE_RE, "--encounter")
-        record = load_bundle(data)
-        moment = as_of or now()
-        assessment = assess(record, moment).to_json()
-        bundle = build_transaction(
-            assessment,
-            author=author,
-            encounter=encounter,
-            recorded=recorded or now(),
-            assessment_as=assessment_as,
-        )
-    except (UnusableInput, DraftingError) as exc:
-        return {"error": "unusable-input", "message": str(exc)}, EXIT_UNUSABLE_INPUT
-    problems = validate_drafts(bundle)
-    if problems:
-        return {
-            "error": "invalid-draft",
-            "message": "draft fails the app's profiles",
-            "issues": problems,
-        }, EXIT_INTERNAL
-    return bundle, EXIT_OK
-
-
-def write_for_cli(
-    data: bytes,
-    *,
-    fhir_base: str,
-    as_of: datetime | None = None,
-    author: str | None = None,
-    encounter: str | None = None,
-    mode: Mode = "transaction",
-    assessment_as: AssessmentAs = "ClinicalImpression",
-    token_env: str = TOKEN_ENV,
-    max_transaction_entries: int | None = None,
-    client: Writer | None = None,
-) -> tuple[dict[str, Any], int]:
-    """``smart-app write``: draft as :func:`draft_for_cli`, send to ``fhir_base`` (bearer token from the
-    environment variable ``token_env`` when set) and return the outcome JSON and the exit status:
-    0 written, 2 unusable input, 3 the server refused the write (or did not answer)."""
-    bundle, code = draft_for_cli(
-        data, as_of=as_of, author=author, encounter=encounter, assessment_as=assessment_as
-    )
-    if code != EXIT_OK:
-        return bundle, code
-    if client is None:
-        from smart_app.fhir.client import FhirClient
-
-        client = FhirClient(fhir_base, token=os.environ.get(token_env) or None)
-    outcome = write_drafts(client, bundle, mode, max_transaction_entries=max_transaction_entries)
-    return outcome.to_json(), EXIT_OK if outcome.ok else EXIT_REFUSED

@@ -15,9 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from werkzeug.serving import BaseWSGIServer, make_server
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
-from smart_app.serve import PathOnlyRequestHandler
+
+class PathOnlyRequestHandler(WSGIRequestHandler):
+    """Access log lines without query strings: OAuth codes and state travel in them."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        path = self.path.split("?", 1)[0]
+        self.log("info", '"%s %s" %s %s', self.command, path, code, size)
 
 SANDBOX_SECRET = "sandbox-only-client-secret-for-tests"
 SECRET_ENV = "BACK_MICE_TEST_CLIENT_SECRET"

@@ -14,10 +14,15 @@ from typing import Any
 
 import pytest
 import requests
+from criteria_support import hypothetical_release
 
 from smart_app.audit.cli import run_list, run_verify
 from smart_app.audit.listing import list_writes
-from smart_app.audit.model import (
+from smart_app.audit.source import FhirSource
+from smart_app.audit.verify import verify_assessment
+from smart_app.cli import main as cli_main
+from smart_app.fhirjson import Ref
+from smart_app.vocabulary import (
     CLASSIFICATION_EXTENSION,
     CLASSIFICATION_SYSTEM,
     NEXT_STEP_EXTENSION,
@@ -25,17 +30,12 @@ from smart_app.audit.model import (
     UNAVAILABLE_EXTENSION,
     WORKFLOW_CODE,
     WORKFLOW_SYSTEM,
-    Ref,
 )
-from smart_app.audit.source import FhirSource
-from smart_app.audit.verify import verify_assessment
-from smart_app.cli import main as cli_main
 from tests.audit_fixtures import AUTHOR, Sandbox, sandbox  # noqa: F401
 
 pytestmark = pytest.mark.e2e
 
 PATIENTS = sorted(p.stem.removeprefix("patient-") for p in Path("launch/data").glob("patient-*.json"))
-CRITERIA_DIR = Path("fhir_profiles/criteria")
 #: A mix of outcomes: possible, red flag (BLOCK, DetectedIssue), probable with a WARN flag and a
 #: ServiceRequest, confirmed with surgical referral, confirmed with therapeutic injection.
 WRITE_SET = [p for p in ("apatel", "evance", "jkowalski", "lchen", "rsantos") if p in PATIENTS] or PATIENTS[
@@ -347,14 +347,13 @@ def test_resource_written_by_something_else_with_our_tag(written: Sandbox) -> No
 
 
 def test_hypothetical_criteria_1_1_0_does_not_disturb_1_0_0(written: Sandbox, tmp_path: Path) -> None:
-    released = json.loads((CRITERIA_DIR / "back-mice-1.0.0.json").read_text())
-    newer = copy.deepcopy(released)
-    newer["version"] = "1.1.0"
-    newer["thresholds"]["relief_percent"] = 50
-    newer["thresholds"]["pain_high"] = 5
+    def newer(data: dict[str, Any]) -> None:
+        data["thresholds"]["relief_percent"] = 50
+        data["thresholds"]["pain_high"] = 5
+
     extra = tmp_path / "criteria"
     extra.mkdir()
-    (extra / "back-mice-1.1.0.json").write_text(json.dumps(newer))
+    hypothetical_release(extra, "9.1.0", newer)
 
     for info in written.written.values():
         report = verify_assessment(_source(written), info["assessment"], criteria_dirs=[extra])
@@ -364,7 +363,7 @@ def test_hypothetical_criteria_1_1_0_does_not_disturb_1_0_0(written: Sandbox, tm
     from smart_app.audit.verify import registry_with
 
     registry = registry_with([extra])
-    assert {"1.0.0", "1.1.0"} <= set(registry.versions())
+    assert {"1.0.0", "9.1.0"} <= set(registry.versions())
 
 
 def _export(box: Sandbox, info: dict[str, Any]) -> dict[str, Any]:

@@ -11,9 +11,15 @@ from typing import Any
 import pytest
 
 from smart_app.audit.cli import render_list, render_verify, run_list, run_verify
-from smart_app.audit.conclusion import recomputed_conclusion, written_conclusion
 from smart_app.audit.listing import changed_elements, list_writes, resource_state
 from smart_app.audit.model import (
+    AuditInputError,
+)
+from smart_app.audit.source import BundleSource, NotFound
+from smart_app.audit.verify import verify_assessment
+from smart_app.drafts.readback import recomputed_conclusion, written_conclusion
+from smart_app.fhirjson import Ref
+from smart_app.vocabulary import (
     CLASSIFICATION_EXTENSION,
     CLASSIFICATION_SYSTEM,
     DEVICE_IDENTIFIER_SYSTEM,
@@ -24,11 +30,7 @@ from smart_app.audit.model import (
     UNAVAILABLE_EXTENSION,
     WORKFLOW_CODE,
     WORKFLOW_SYSTEM,
-    AuditInputError,
-    Ref,
 )
-from smart_app.audit.source import BundleSource, NotFound
-from smart_app.audit.verify import verify_assessment
 
 CRIT = "https://smart-app.example/fhir/criteria/back-mice|1.0.0"
 TAG = {"system": WORKFLOW_SYSTEM, "code": WORKFLOW_CODE}
@@ -422,11 +424,13 @@ def test_verify_without_provenance_and_bad_input() -> None:
 
 
 def test_page_words_for_written_codes() -> None:
-    from smart_app.audit.web import CLASSIFICATION_TEXT, _in_words
+    from smart_app.vocabulary import classifications
+    from smart_app.web.audit import _in_words
 
-    assert _in_words("probable", CLASSIFICATION_TEXT) == "Probable back mouse"
-    assert _in_words(["probable", "oddity"], CLASSIFICATION_TEXT) == "Probable back mouse / oddity"
-    assert _in_words(None, CLASSIFICATION_TEXT) is None
+    words = classifications().displays
+    assert _in_words("probable", words) == "Probable back mice"
+    assert _in_words(["probable", "oddity"], words) == "Probable back mice / oddity"
+    assert _in_words(None, words) is None
 
 
 def test_verify_patient_at_recorded_version_or_current_with_a_note() -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import requests
+from launch_support import start_launch
 
 from tests.audit_fixtures import AUTHOR, Sandbox, sandbox  # noqa: F401
 
@@ -51,24 +52,21 @@ def app(tmp_path: Path, sandbox: Sandbox) -> Any:  # noqa: F811
     return app
 
 
-def launch(client: Any, box: Sandbox, scope: str, token: str, patient: str = "apatel") -> None:
-    with client.session_transaction() as sess:
-        sess["smart"] = {
-            "iss": box.base,
-            "fhir_base": box.base,
-            "patient": patient,
-            "encounter": None,
-            "fhir_user": AUTHOR,
-            "need_patient_banner": False,
-            "smart_style_url": None,
-            "scope": scope,
-            "registration_id": "audit-test",
-            "access_token": token,
-            "refresh_token": None,
-            "expires_at": 4102444800,
-            "token_endpoint": box.base.removesuffix("/fhir") + "/auth/token",
-            "ehr_name": "Sandbox",
-        }
+def launch(app: Any, client: Any, box: Sandbox, scope: str, token: str, patient: str = "apatel") -> None:
+    start_launch(
+        app,
+        client,
+        iss=box.base,
+        patient=patient,
+        fhir_user=AUTHOR,
+        need_patient_banner=False,
+        scope=scope,
+        registration_id="audit-test",
+        access_token=token,
+        expires_at=4102444800,
+        token_endpoint=box.base.removesuffix("/fhir") + "/auth/token",
+        ehr_name="Sandbox",
+    )
 
 
 def test_page_needs_a_launch(app: Any) -> None:
@@ -90,7 +88,7 @@ def test_page_explains_each_write(app: Any, sandbox: Sandbox, tmp_path: Path) ->
     assert answer.status_code == 200
 
     client = app.test_client()
-    launch(client, sandbox, "launch openid fhirUser user/*.rs", sandbox.token)
+    launch(app, client, sandbox, "launch openid fhirUser user/*.rs", sandbox.token)
     page = client.get("/audit")
     assert page.status_code == 200, page.data[:500]
     html = page.get_data(as_text=True)
@@ -98,8 +96,8 @@ def test_page_explains_each_write(app: Any, sandbox: Sandbox, tmp_path: Path) ->
     for text in (
         "Reproduces",
         "Does not reproduce",
-        "Possible back mouse",
-        "Probable back mouse",
+        "Possible back mice",
+        "Probable back mice",
         "https://smart-app.example/fhir/criteria/back-mice version 1.0.0",
         AUTHOR,
         ok["assessment"],
@@ -121,7 +119,7 @@ def test_patient_level_launch_sees_only_its_patient(app: Any, sandbox: Sandbox) 
     other = sandbox.write_for("evance")
     token = sandbox.new_token(("patient/*.rs",), patient="apatel")
     client = app.test_client()
-    launch(client, sandbox, "launch openid fhirUser patient/*.rs", token, patient="apatel")
+    launch(app, client, sandbox, "launch openid fhirUser patient/*.rs", token, patient="apatel")
     html = client.get("/audit").get_data(as_text=True)
     assert mine["assessment"] in html
     assert other["assessment"] not in html

@@ -25,13 +25,13 @@ pytestmark = pytest.mark.e2e
 
 #: One sandbox patient per classification (tests/cases/9xx-patient-*.json).
 PATIENTS = {
-    "evance": "Red flags present",
+    "evance": "Red flags: urgent work-up",
     "tokafor": "Not consistent with back mice",
     "hmueller": "Back mice unlikely",
-    "rsantos": "Confirmed by diagnostic injection",
-    "jkowalski": "Probable back mouse",
-    "apatel": "Possible back mouse",
-    "dnguyen": "Not enough data yet",
+    "rsantos": "Back mice confirmed by diagnostic injection",
+    "jkowalski": "Probable back mice",
+    "apatel": "Possible back mice",
+    "dnguyen": "Insufficient data",
 }
 
 
@@ -89,7 +89,7 @@ def test_red_flag_patient_writes_no_service_request(page: Any, live: Servers) ->
 
 def test_exam_capture_moves_insufficient_to_probable(page: Any, live: Servers) -> None:
     frame = open_chart(page, live, "dnguyen")
-    assert "Not enough data yet" in frame.locator(".badge-class").inner_text()
+    assert "Insufficient data" in frame.locator(".badge-class").inner_text()
     form = frame.locator("form.exam-form")
     form.get_by_role("radio", name="Present").check()
     form.get_by_label("Site of the nodule").select_option("posterior-iliac-crest")
@@ -100,7 +100,7 @@ def test_exam_capture_moves_insufficient_to_probable(page: Any, live: Servers) -
     form.get_by_role("button", name="Record exam and reassess").click()
     frame.locator(".flash-success").wait_for()
     assert "Exam saved to the chart" in frame.locator(".flash-success").inner_text()
-    assert "Probable back mouse" in frame.locator(".badge-class").inner_text()
+    assert "Probable back mice" in frame.locator(".badge-class").inner_text()
 
 
 def app_frame_handle(page: Any, live: Servers) -> Any:

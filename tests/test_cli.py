@@ -61,7 +61,7 @@ def test_assess_without_json_prints_a_readable_summary(capsys: pytest.CaptureFix
 @pytest.mark.parametrize(
     ("content", "reason"),
     [
-        (b"{not json", "not JSON"),
+        (b"{not json", "not usable JSON"),
         (b'{"resourceType": "Patient", "id": "x"}', "Bundle"),
         (b'{"resourceType": "Bundle", "type": "collection", "entry": []}', "Patient"),
     ],

@@ -38,6 +38,7 @@ CONTRACT_KEYS = {
     "headline",
     "patient",
     "as_of",
+    "checklist",
     "criteria",
     "findings",
     "red_flags",
@@ -69,6 +70,16 @@ def test_probable_contract_shape() -> None:
     assert out["criteria"]["version"] == "1.0.0"
     for fid in ("LBP", "NODULE", "TYPICAL_SITE", "PAIN_REPRODUCED", "NEURO_DEFICIT", "INJECTION_RELIEF"):
         assert set(out["findings"][fid]) == {"status", "evidence", "reason", "title"}
+    assert [(row["finding"], row["verdict"]) for row in out["checklist"]] == [
+        ("LBP", "met"),
+        ("NODULE", "met"),
+        ("TYPICAL_SITE", "met"),
+        ("PAIN_REPRODUCED", "met"),
+        ("NEURO_DEFICIT", "unknown"),
+        ("INJECTION_RELIEF", "unknown"),
+    ]
+    deficit = next(row for row in out["checklist"] if row["finding"] == "NEURO_DEFICIT")
+    assert (deficit["label"], deficit["met_when"]) == ("no objective neurological deficit", "absent")
     sug = out["procedure_suggestion"]
     assert sug["kind"] == "diagnostic-injection"
     assert [c["code"] for c in sug["codes"]] == ["11900"]

@@ -8,8 +8,8 @@ import orjson
 import pytest
 from test_clinical_builders import AS_OF, bundle_bytes, lbp, nodule, probable, repro
 
+from smart_app import fhirjson as fj
 from smart_app.clinical import PatientRecord, UnusableInput, load_bundle
-from smart_app.clinical import fhirjson as fj
 from smart_app.clinical.criteria import default_registry
 from smart_app.clinical.facts import Extractor
 from smart_app.clinical.record import NotStreamable, iter_bundle_entries
@@ -113,7 +113,7 @@ def test_body_sites_shapes() -> None:
     ],
 )
 def test_typical_site_text(text: str, typical: bool) -> None:
-    from smart_app.clinical.operators import Context, site_is_typical
+    from smart_app.clinical.rules import OPERATORS, Context, site_is_typical
 
     criteria = default_registry().get("1.0.0")
     ctx = Context(
@@ -121,6 +121,7 @@ def test_typical_site_text(text: str, typical: bool) -> None:
         facts=Extractor(AS_OF, criteria).facts,
         record=PatientRecord({"id": "p1"}, []),
         as_of=AS_OF,
+        operators=OPERATORS,
     )
     assert site_is_typical(ctx, [{"text": text}])[0] is typical
 
@@ -148,7 +149,7 @@ def test_load_bundle_types_and_entries() -> None:
 @pytest.mark.parametrize(
     "data,words",
     [
-        (b'{"resourceType": "Bundle", "entry": [', "not JSON"),
+        (b'{"resourceType": "Bundle", "entry": [', "not usable JSON"),
         (b"[]", "not a FHIR Bundle"),
         (b'{"resourceType": "Patient", "id": "p1"}', "not a FHIR Bundle"),
         (b'{"resourceType": "Bundle", "entry": []}', "no Patient"),

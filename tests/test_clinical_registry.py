@@ -5,19 +5,21 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
+from criteria_support import hypothetical_release, release_dir
 from test_clinical_builders import AS_OF, bundle_bytes, confirmed, pain, probable
 
 from smart_app.clinical import CriteriaError, assess, load_bundle, load_registry
-from smart_app.clinical.criteria import CRITERIA_DIR, TERMINOLOGY_DIR, default_registry
-from smart_app.clinical.operators import OPERATORS, Context, FindingResult, FlagResult
+from smart_app.clinical.criteria import default_registry
 from smart_app.clinical.record import PatientRecord
+from smart_app.clinical.rules import OPERATORS, Context, FindingResult, FlagResult
 
 ROOT = Path(__file__).resolve().parent.parent
-RELEASED = CRITERIA_DIR / "back-mice-1.0.0.json"
+RELEASED = release_dir("1.0.0") / "criteria.json"
 # A released criteria version is never edited: add a new version file beside it instead.
 RELEASED_SHA256 = "d0cfad3fde6715f82cc19c8cf78ce281212f7fbda761d7ea387a89602bbe89a5"
 
@@ -60,25 +62,27 @@ def test_released_criteria_content() -> None:
     }
 
 
-def _write_1_1_0(tmp_path: Path) -> Path:
-    data = json.loads(RELEASED.read_text())
-    data["version"] = "1.1.0"
-    data["title"] += " (hypothetical 1.1.0)"
+def _hypothetical(data: dict[str, Any]) -> None:
+    data["title"] += " (hypothetical)"
     data["thresholds"]["pain_high"] = 6  # a hypothetical change of the ladder
+
+
+def _write_1_1_0(tmp_path: Path) -> Path:
     d = tmp_path / "criteria"
     d.mkdir()
-    (d / "back-mice-1.1.0.json").write_text(json.dumps(data))
+    hypothetical_release(d, "9.1.0", _hypothetical)
     return d
 
 
 def test_a_new_version_is_evaluable_beside_the_released_one(tmp_path: Path) -> None:
-    registry = load_registry([CRITERIA_DIR, _write_1_1_0(tmp_path)])
-    assert registry.versions() == ["1.0.0", "1.1.0"]
+    registry = load_registry([_write_1_1_0(tmp_path)])
+    assert registry.versions()[-1] == "9.1.0" and "1.0.0" in registry
     record = load_bundle(bundle_bytes(*confirmed(), pain("o-p", 6)))
     old = assess(record, AS_OF, "1.0.0", registry=registry).to_json()
-    new = assess(record, AS_OF, "1.1.0", registry=registry).to_json()
+    new = assess(record, AS_OF, "9.1.0", registry=registry).to_json()
     assert (old["next_step"], new["next_step"]) == ("conservative-care", "therapeutic-injection")
-    assert new["criteria"]["version"] == "1.1.0" and old["criteria"]["version"] == "1.0.0"
+    assert new["criteria"]["version"] == "9.1.0" and old["criteria"]["version"] == "1.0.0"
+    assert assess(record, AS_OF, registry=registry).to_json()["criteria"]["version"] == "9.1.0"
 
 
 def test_registry_errors(tmp_path: Path) -> None:
@@ -87,12 +91,31 @@ def test_registry_errors(tmp_path: Path) -> None:
     d = _write_1_1_0(tmp_path)
     with pytest.raises(CriteriaError, match="defined twice"):
         load_registry([d, d])
-    broken = json.loads(RELEASED.read_text())
-    broken["version"] = "2.0.0"
-    broken["findings"][0]["observations"][0]["valueset"] = "https://smart-app.example/fhir/ValueSet/nope"
-    (d / "back-mice-2.0.0.json").write_text(json.dumps(broken))
-    with pytest.raises(ValueError, match="not found"):
-        load_registry([d], [TERMINOLOGY_DIR])
+    with pytest.raises(CriteriaError, match="defined twice"):
+        load_registry([release_dir("1.0.0")])
+
+
+def test_a_release_with_an_unpinned_valueset_is_refused(tmp_path: Path) -> None:
+    def unpinned(data: dict[str, Any]) -> None:
+        data["findings"][0]["observations"][0]["valueset"] = "https://smart-app.example/fhir/ValueSet/nope"
+
+    with pytest.raises(CriteriaError, match="not in the release"):
+        hypothetical_release(tmp_path, "2.0.0", unpinned)
+
+
+def test_an_edited_file_of_a_sealed_release_is_refused(tmp_path: Path) -> None:
+    """Editing a ValueSet of a sealed release changes nothing silently: the release no longer loads."""
+    target = tmp_path / "back-mice-1.0.0"
+    shutil.copytree(release_dir("1.0.0"), target)
+    vs = target / "ValueSet-back-mice-rf-malignancy.json"
+    data = json.loads(vs.read_text())
+    data["compose"]["include"][0]["concept"] = data["compose"]["include"][0]["concept"][1:]
+    vs.write_text(json.dumps(data))
+    with pytest.raises(CriteriaError, match="changed after the release was sealed"):
+        load_registry([target], shipped=False)
+    (target / "ValueSet-extra.json").write_text("{}")
+    with pytest.raises(CriteriaError, match="not sealed"):
+        load_registry([target], shipped=False)
 
 
 # -- operators -------------------------------------------------------------------------------------
@@ -105,6 +128,7 @@ def _ctx(**findings: str) -> Context:
         facts=Extractor(AS_OF, criteria).facts,
         record=PatientRecord({"id": "p1"}, []),
         as_of=AS_OF,
+        operators=OPERATORS,
     )
     for fid, status in findings.items():
         ctx.findings[fid] = FindingResult(status, (f"Observation/{fid}",), "test")
@@ -153,7 +177,8 @@ def test_clinical_package_imports_no_web_layer() -> None:
         tree = ast.parse(path.read_text())
         names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
         names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
-        assert [m for m in names if m.split(".")[0] in banned or m.startswith(banned)] == [], path.name
+        inside = tuple(b + "." for b in banned)
+        assert [m for m in names if m in banned or m.startswith(inside)] == [], path.name
 
 
 def test_assess_returns_a_fresh_dict() -> None:

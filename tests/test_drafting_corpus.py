@@ -24,9 +24,9 @@ from writeback_fixtures import (
     patient_files,
 )
 
-from smart_app.clinical.drafting import DRAFT_BANNER, AssessmentAs, build_transaction, narrative_text
-from smart_app.clinical.profiles import check_bundle
-from smart_app.clinical.provenance import versioned_reference
+from smart_app.drafts.build import DRAFT_BANNER, AssessmentAs, build_transaction, narrative_text
+from smart_app.drafts.profiles import check_bundle
+from smart_app.drafts.provenance import versioned_reference
 from smart_app.writeback import validate_drafts
 
 FORMS: tuple[AssessmentAs, ...] = ("ClinicalImpression", "DocumentReference")

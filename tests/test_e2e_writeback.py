@@ -26,8 +26,8 @@ from urllib.parse import parse_qsl
 import pytest
 import requests
 
-from smart_app.clinical.drafting import DRAFT_BANNER, DRAFT_IDENTIFIER_SYSTEM, narrative_text
-from smart_app.clinical.profiles import load_checker
+from smart_app.drafts.build import DRAFT_BANNER, DRAFT_IDENTIFIER_SYSTEM, narrative_text
+from smart_app.drafts.profiles import load_checker
 from tests.servers import SCOPES, Stack, start_stack
 
 pytestmark = pytest.mark.e2e

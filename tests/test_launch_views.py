@@ -17,6 +17,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from joserfc import jwt
 from joserfc.jwk import KeySet
+from launch_support import launch_of, start_launch
 from test_smart_support import (
     AUTHORIZE,
     ISS,
@@ -34,6 +35,7 @@ from test_smart_support import (
     write_registration,
 )
 
+from smart_app.smart.launch import Launch
 from smart_app.web import session as smart_session
 
 
@@ -84,8 +86,9 @@ def posted(rsps: responses.RequestsMock) -> Any:
 
 
 def smart_of(client: FlaskClient) -> dict[str, Any] | None:
-    with client.session_transaction() as sess:
-        return sess.get("smart")
+    """The client's launch as the launch store holds it now (plus its FHIR base)."""
+    launch = launch_of(client.application, client)
+    return None if launch is None else {**launch.to_dict(), "fhir_base": launch.fhir_base}
 
 
 def pendings_of(client: FlaskClient) -> dict[str, Any]:
@@ -99,7 +102,7 @@ def pendings_of(client: FlaskClient) -> dict[str, Any]:
 def test_chooser_lists_registered_ehrs(client, rsps):
     page = client.get("/launch")
     assert page.status_code == 200
-    assert b"Test EHR" in page.data and b"Local sandbox EHR" in page.data
+    assert b"Test EHR" in page.data and b"Local sandbox EHR" not in page.data
     assert len(rsps.calls) == 0
 
 
@@ -376,13 +379,14 @@ def test_asymmetric_client_launch_assertion_verifies_against_published_jwks(tmp_
 # --- session helpers: launch_required, get_access_token ---------------------------------------------
 
 
-def launched(client: FlaskClient, **smart: Any) -> None:
-    with client.session_transaction() as sess:
-        sess["smart"] = {
+def launched(client: FlaskClient, **smart: Any) -> Launch:
+    return start_launch(
+        client.application,
+        client,
+        **{
             "iss": ISS,
             "registration_id": "test-ehr",
             "ehr_name": "Test EHR",
-            "fhir_base": ISS,
             "patient": "p1",
             "scope": "patient/Patient.r",
             "access_token": "AT-old",
@@ -390,7 +394,8 @@ def launched(client: FlaskClient, **smart: Any) -> None:
             "expires_at": time.time() + 30,
             "token_endpoint": TOKEN,
             **smart,
-        }
+        },
+    )
 
 
 def test_launch_required_page(client):
@@ -485,11 +490,10 @@ def test_one_refresh_at_a_time_across_threads(app, rsps):
 
     rsps.add_callback(responses.POST, TOKEN, callback=slow_token)
     results: list[str] = []
+    launch = launch_of(app, client)
+    assert launch is not None
     with app.test_request_context():
-        from flask import session
-
-        session["smart"] = smart_of(client)
-        provider = smart_session.access_token_provider()
+        provider = smart_session.access_token_provider(launch)
         threads = [threading.Thread(target=lambda: results.append(provider())) for _ in range(4)]
         for t in threads:
             t.start()
@@ -501,10 +505,12 @@ def test_one_refresh_at_a_time_across_threads(app, rsps):
     assert len(rsps.calls) == 1
 
 
-def test_stale_session_adopts_refresh_done_by_another_request(app, rsps):
+def test_a_second_tab_of_the_launch_adopts_the_refresh_done_by_the_first(app, rsps):
+    """Two browsers (or processes) that hold the same launch: one refresh, then both use its token."""
     a, b = app.test_client(), app.test_client()
-    launched(a, access_token="AT-shared")
-    launched(b, access_token="AT-shared")
+    shared = launched(a, access_token="AT-shared")
+    with b.session_transaction() as sess:
+        sess["launch_id"] = shared.id
     rsps.add(
         responses.POST,
         TOKEN,
@@ -526,7 +532,8 @@ def test_registry_and_discovery_are_per_app(app):
         assert smart_session.launch_registry() is smart_session.launch_registry(app)
         assert smart_session.discovery() is smart_session.discovery(app)
         assert smart_session.launch_registry().by_iss(ISS) is not None
-        assert smart_session.launch_registry().by_iss("http://127.0.0.1:8001/fhir") is not None
+        # the product ships no registrations of its own: only the deployment's directories count
+        assert smart_session.launch_registry().by_iss("http://127.0.0.1:8001/fhir") is None
 
 
 # --- logs -------------------------------------------------------------------------------------------

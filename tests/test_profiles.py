@@ -1,4 +1,4 @@
-"""The profile package (fhir_profiles/package) and the snapshot-driven checker, rule by rule."""
+"""The app's FHIR package (smart_app/data/profiles) and the snapshot-driven checker, rule by rule."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ from typing import Any
 import pytest
 from writeback_fixtures import RECORDED, ROOT, hand_assessment
 
-from smart_app.clinical.drafting import AssessmentAs, build_transaction
-from smart_app.clinical.profiles import PACKAGE_DIR, ProfileChecker, check_bundle, load_checker
+from smart_app.drafts.build import AssessmentAs, build_transaction
+from smart_app.drafts.profiles import ProfileChecker, check_bundle, load_checker
+
+PACKAGE_DIR = ROOT / "smart_app" / "data" / "profiles"
 
 TYPES = ["ClinicalImpression", "ServiceRequest", "DetectedIssue", "Provenance", "DocumentReference", "Device"]
 CANONICAL = "https://smart-app.example/fhir"

@@ -59,11 +59,16 @@ def wait_for(url: str, process: subprocess.Popen[bytes]) -> requests.Response:
 
 
 def test_serve_runs_the_app_under_gunicorn_with_settings_from_the_environment(tmp_path: Path) -> None:
-    process, url = serve(tmp_path, SMART_APP_SECRET_KEY="a-long-random-production-secret-for-this-test")
+    registrations = Path(__file__).resolve().parent.parent / "launch" / "registrations"
+    process, url = serve(
+        tmp_path,
+        SMART_APP_SECRET_KEY="a-long-random-production-secret-for-this-test",
+        SMART_APP_REGISTRATIONS_DIR=str(registrations),
+    )
     try:
         chooser = wait_for(f"{url}/launch", process)
         assert chooser.status_code == 200
-        assert "Local sandbox EHR" in chooser.text  # the shipped registration, offered for standalone launch
+        assert "Local sandbox EHR" in chooser.text  # a registration from the deployment's directory
         assert chooser.headers["Cache-Control"] == "no-store"
         jwks = requests.get(f"{url}/.well-known/jwks.json", timeout=5).json()
         assert jwks["keys"] and all("d" not in key for key in jwks["keys"])  # public halves only

@@ -118,11 +118,14 @@ def test_session_cookie_is_httponly_secure_and_partitioned_for_the_iframe(tmp_pa
 
 
 def test_every_page_has_csp_without_inline_script_and_frame_ancestors(tmp_path: Path) -> None:
-    app = create_app({"TESTING": True, "INSTANCE_PATH": str(tmp_path)})
+    sandbox_registrations = Path(__file__).resolve().parent.parent / "launch" / "registrations"
+    app = create_app(
+        {"TESTING": True, "INSTANCE_PATH": str(tmp_path), "REGISTRATIONS_DIRS": [str(sandbox_registrations)]}
+    )
     response = app.test_client().get("/launch")
     csp = response.headers["Content-Security-Policy"]
     assert "script-src 'self'" in csp and "unsafe-inline" not in csp
-    assert "frame-ancestors http://127.0.0.1:8001" in csp  # the shipped sandbox registration
+    assert "frame-ancestors http://127.0.0.1:8001" in csp  # the sandbox registration's EHR origin
     assert response.headers["Cache-Control"] == "no-store"
     assert response.headers["X-Content-Type-Options"] == "nosniff"
 

@@ -1,4 +1,5 @@
-"""Terminology in fhir_profiles/: check digits, criteria coverage, category rules (clinical-evidence §3)."""
+"""Terminology of the criteria releases and the app's package: check digits, criteria coverage, category
+rules (docs/clinical-criteria.md#codes)."""
 
 from __future__ import annotations
 
@@ -12,15 +13,16 @@ import orjson
 import pytest
 
 from smart_app.clinical import terminology
-from smart_app.clinical.criteria import CRITERIA_DIR, TERMINOLOGY_DIR, coded_references, valueset_urls
+from smart_app.clinical.criteria import coded_references, default_registry, valueset_urls
 
 ROOT = Path(__file__).resolve().parent.parent
 SCT = "http://snomed.info/sct"
 ICD = "http://hl7.org/fhir/sid/icd-10-cm"
 LOINC = "http://loinc.org"
-CRITERIA = orjson.loads((CRITERIA_DIR / "back-mice-1.0.0.json").read_bytes())
+TERMINOLOGY_DIR = ROOT / "smart_app" / "data" / "criteria" / "back-mice-1.0.0"
+CRITERIA = orjson.loads((TERMINOLOGY_DIR / "criteria.json").read_bytes())
 OUR_FILES = sorted(TERMINOLOGY_DIR.glob("ValueSet-back-mice-*.json")) + sorted(
-    TERMINOLOGY_DIR.glob("CodeSystem-back-mice-*.json")
+    (ROOT / "smart_app" / "data" / "profiles").glob("CodeSystem-back-mice-*.json")
 )
 
 # Verhoeff tables (clinical-evidence.md Appendix A)
@@ -83,14 +85,14 @@ def test_verhoeff_examples() -> None:
 
 def test_every_snomed_code_in_fhir_profiles_passes_the_check_digit() -> None:
     found: set[str] = set()
-    for path in sorted((ROOT / "fhir_profiles").rglob("*.json")):
+    for path in sorted((ROOT / "smart_app" / "data").rglob("*.json")):
         found |= set(_snomed_codes(orjson.loads(path.read_bytes())))
     assert len(found) > 60
     assert sorted(c for c in found if not sctid_checksum_ok(c)) == []
 
 
 def test_known_wrong_codes_are_absent() -> None:
-    text = "".join(p.read_text() for p in OUR_FILES) + (CRITERIA_DIR / "back-mice-1.0.0.json").read_text()
+    text = "".join(p.read_text() for p in OUR_FILES) + (TERMINOLOGY_DIR / "criteria.json").read_text()
     for wrong in (
         "274030003",
         "182024006",
@@ -121,7 +123,7 @@ def test_terminology_resources_are_well_formed(path: Path) -> None:
 
 
 def test_every_code_and_valueset_of_the_criteria_is_defined() -> None:
-    term = terminology.load((TERMINOLOGY_DIR,))
+    term = default_registry().get("1.0.0").terminology
     urls = set(valueset_urls(CRITERIA))
     assert len(urls) >= 30
     term.require(urls)
@@ -165,20 +167,20 @@ def test_every_code_and_valueset_of_the_criteria_is_defined() -> None:
     ],
 )
 def test_icd_category_rules(code: str, valueset: str, expected: bool) -> None:
-    term = terminology.load((TERMINOLOGY_DIR,))
+    term = default_registry().get("1.0.0").terminology
     url = f"https://smart-app.example/fhir/ValueSet/back-mice-{valueset}"
     assert term.contains(url, ICD, code) is expected
 
 
 def test_nested_valueset_include() -> None:
-    term = terminology.load((TERMINOLOGY_DIR,))
+    term = default_registry().get("1.0.0").terminology
     assert term.contains(
         "https://smart-app.example/fhir/ValueSet/back-mice-nodule-condition", SCT, "93163002"
     )
 
 
 def test_pain_answer_codes_carry_their_values() -> None:
-    term = terminology.load((TERMINOLOGY_DIR,))
+    term = default_registry().get("1.0.0").terminology
     codes = [
         "LA6111-4",
         "LA6112-2",
@@ -211,21 +213,17 @@ def test_unsupported_filter_is_refused() -> None:
 
 
 def test_no_second_code_list_in_python() -> None:
-    """Codes live in fhir_profiles only: the engine modules hold no SNOMED/ICD/LOINC/RxNorm/CPT literals."""
+    """Codes live in the released terminology files only: the clinical core and the drafts hold no
+    SNOMED/ICD/LOINC/RxNorm/CPT literals."""
     mine = [
-        "assessment",
-        "criteria",
-        "engine",
-        "facts",
-        "fhirjson",
-        "operators",
-        "record",
-        "terminology",
-        "__init__",
+        *sorted((ROOT / "smart_app" / "clinical").glob("*.py")),
+        *sorted((ROOT / "smart_app" / "drafts").glob("*.py")),
+        ROOT / "smart_app" / "fhirjson.py",
+        ROOT / "smart_app" / "vocabulary.py",
     ]
     pattern = re.compile(r"^(\d{5,18}|[A-Z]\d{2}(\.\d{1,4}[A-Z]?)?|\d{4,5}-\d|LA\d+-\d)$")
     for name in mine:
-        tree = ast.parse((ROOT / "smart_app" / "clinical" / f"{name}.py").read_text())
+        tree = ast.parse(name.read_text())
         literals = [
             n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
         ]

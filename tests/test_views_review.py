@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 import pytest
+from launch_support import start_launch
 
 from tests.views_fixtures import (
     FHIR_BASE,
@@ -36,8 +37,7 @@ def client(views_app: Any) -> Any:
 def launch(client: Any, **kwargs: Any) -> None:
     from tests.views_fixtures import fake_launch as make
 
-    with client.session_transaction() as sess:
-        sess["smart"] = make(**kwargs)
+    start_launch(client.application, client, **make(**kwargs))
 
 
 def written_types(fake: FakeEhr) -> list[str]:
@@ -62,7 +62,7 @@ def test_probable_patient_page(client: Any, ehr: FakeEhr) -> None:
     resp = client.get("/review")
     html = resp.get_data(as_text=True)
     assert resp.status_code == 200, html
-    assert "Probable back mouse" in html
+    assert "Probable back mice" in html
     assert "<h1 id=\"headline\">" in html
     assert "diagnostic" in html.lower()
     assert "Ada Example" in html and "MRN-0001" in html  # patient banner
@@ -212,7 +212,7 @@ def test_exam_written_when_observation_create_granted(client: Any, ehr: FakeEhr)
     ehr.serve(INSUFFICIENT)
     launch(client)
     html = client.get("/review").get_data(as_text=True)
-    assert "Not enough data yet" in html and "Record the focused exam" in html
+    assert "Insufficient data" in html and "Record the focused exam" in html
     assert "not saved to the chart" not in html
     ehr.accept_transactions()
     resp = client.post("/exam", data=EXAM)
@@ -231,7 +231,7 @@ def test_exam_written_when_observation_create_granted(client: Any, ehr: FakeEhr)
     ehr.serve([*INSUFFICIENT, {**nod, "id": "exam-nodule"}, reproduced()])
     page = client.get("/review").get_data(as_text=True)
     assert "Exam saved to the chart" in page
-    assert "Probable back mouse" in page
+    assert "Probable back mice" in page
 
 
 def test_exam_kept_in_session_without_scope(client: Any, ehr: FakeEhr) -> None:
@@ -244,12 +244,12 @@ def test_exam_kept_in_session_without_scope(client: Any, ehr: FakeEhr) -> None:
     assert ehr.writes == []
     page = client.get("/review").get_data(as_text=True)
     assert "Exam NOT saved to the chart" in page
-    assert "Probable back mouse" in page
+    assert "Probable back mice" in page
     assert "includes an exam not saved to the chart" in page
     assert "Write draft to chart" not in page and "/draft.json" in page
     cleared = client.post("/exam/clear")
     assert cleared.status_code == 303
-    assert "Not enough data yet" in client.get("/review").get_data(as_text=True)
+    assert "Insufficient data" in client.get("/review").get_data(as_text=True)
 
 
 @pytest.mark.parametrize(
@@ -304,10 +304,10 @@ def test_unsaved_exam_does_not_follow_into_another_launch(client: Any, ehr: Fake
     ehr.serve(INSUFFICIENT)
     launch(client, scope=f"{READ_SCOPES} {WRITE_SCOPES}")
     client.post("/exam", data=EXAM)
-    assert "Probable back mouse" in client.get("/review").get_data(as_text=True)
-    launch(client, scope=f"{READ_SCOPES} {WRITE_SCOPES}", fhir_user="Practitioner/dr2", launch_id="second")
+    assert "Probable back mice" in client.get("/review").get_data(as_text=True)
+    launch(client, scope=f"{READ_SCOPES} {WRITE_SCOPES}", fhir_user="Practitioner/dr2")
     page = client.get("/review").get_data(as_text=True)
-    assert "Not enough data yet" in page
+    assert "Insufficient data" in page
     assert "includes an exam not saved" not in page
 
 

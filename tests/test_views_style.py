@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import responses
+from launch_support import start_launch
 
 from smart_app.web.theme import contrast, sanitise_style
 from tests.views_fixtures import PROBABLE, FakeEhr, ehr_fixture, fake_launch, views_app_fixture
@@ -60,8 +61,7 @@ def test_style_from_issuer_host_is_applied(client: Any, ehr: FakeEhr) -> None:
     ehr.serve(PROBABLE)
     ehr.rsps.add(responses.GET, "https://ehr.test/smart-style.json",
                  json={"color_background": "#f8f8f8", "color_text": "#111111", "dim_font_size": "15px"})
-    with client.session_transaction() as sess:
-        sess["smart"] = fake_launch(smart_style_url="https://ehr.test/smart-style.json")
+    start_launch(client.application, client, **fake_launch(smart_style_url="https://ehr.test/smart-style.json"))
     assert client.get("/review").status_code == 200
     css = client.get("/theme.css").get_data(as_text=True)
     assert "--bg: #f8f8f8;" in css and "--fg: #111111;" in css and "--font-size: 15px;" in css
@@ -69,8 +69,7 @@ def test_style_from_issuer_host_is_applied(client: Any, ehr: FakeEhr) -> None:
 
 def test_style_from_other_host_is_not_fetched(client: Any, ehr: FakeEhr) -> None:
     ehr.serve(PROBABLE)
-    with client.session_transaction() as sess:
-        sess["smart"] = fake_launch(smart_style_url="https://elsewhere.test/style.json")
+    start_launch(client.application, client, **fake_launch(smart_style_url="https://elsewhere.test/style.json"))
     assert client.get("/review").status_code == 200
     assert not any("elsewhere.test" in str(call.request.url) for call in ehr.rsps.calls)
     assert "--bg" not in client.get("/theme.css").get_data(as_text=True)

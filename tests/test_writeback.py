@@ -14,7 +14,7 @@ import requests
 import responses
 from writeback_fixtures import AUTHOR, RECORDED, hand_assessment
 
-from smart_app.clinical.drafting import build_transaction
+from smart_app.drafts.build import build_transaction
 from smart_app.fhir.client import FhirClient
 from smart_app.writeback import InvalidDraft, validate_drafts, write_drafts
 

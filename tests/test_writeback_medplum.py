@@ -31,7 +31,7 @@ from writeback_fixtures import (
     seed_resources,
 )
 
-from smart_app.clinical.drafting import AssessmentAs, build_transaction
+from smart_app.drafts.build import AssessmentAs, build_transaction
 from smart_app.fhir.client import FhirClient
 from smart_app.writeback import WriteOutcome, write_drafts
 

@@ -1,5 +1,5 @@
-"""Auditor tools (issue 6): find what the app wrote (``list_writes``), trace it to its evidence, and
-reproduce each conclusion (``verify_assessment``). No Flask here except in ``smart_app.audit.web``."""
+"""Auditor tools (docs/auditors.md): find what the app wrote (``list_writes``), trace it to its evidence,
+and reproduce each conclusion (``verify_assessment``). No Flask: the audit page is in ``smart_app.web``."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """``audit list``: every resource the app wrote, grouped per write, with its status and the findings an
-auditor should look at (issue 6 §1; clinical-evidence §4.3 Provenance, §4.4 labels)."""
+auditor should look at (docs/auditors.md#list)."""
 
 from __future__ import annotations
 
@@ -9,74 +9,36 @@ from datetime import date, datetime
 from typing import Any
 
 from smart_app.audit.model import (
-    APP_DEVICE,
-    ASSESSMENT_TYPES,
-    CRITERIA_URL,
-    DEVICE_IDENTIFIER_SYSTEM,
-    DRAFT_IDENTIFIER_SYSTEM,
-    WORKFLOW_CODE,
-    WORKFLOW_SYSTEM,
-    WRITTEN_TYPES,
     AuditReport,
     Finding,
-    Ref,
     Write,
     WrittenResource,
     draft_identifiers,
     has_workflow_tag,
-    ref_of,
     split_canonical,
-    version_of,
 )
 from smart_app.audit.source import NotAccessible, NotFound, Source, UnsupportedSearch
+from smart_app.drafts.written import ASSESSMENT_TYPES, DRAFT_TYPES, resource_state
+from smart_app.fhirjson import Ref, version_id
+from smart_app.fhirjson import reference as _reference
+from smart_app.vocabulary import (
+    APP_DEVICE,
+    CRITERIA_URL,
+    DEVICE_IDENTIFIER_SYSTEM,
+    DEVICE_IDENTIFIER_VALUE,
+    DRAFT_IDENTIFIER_SYSTEM,
+    WORKFLOW_CODE,
+    WORKFLOW_SYSTEM,
+)
 
 TAG_PARAM = f"{WORKFLOW_SYSTEM}|{WORKFLOW_CODE}"
 IDENTIFIER_PARAM = f"{DRAFT_IDENTIFIER_SYSTEM}|"
-DEVICE_IDENTIFIER_VALUE = APP_DEVICE.split("/", 1)[1]
 DEVICE_IDENTIFIER_PARAM = f"{DEVICE_IDENTIFIER_SYSTEM}|{DEVICE_IDENTIFIER_VALUE}"
 
 #: Elements that a sign-off or a server may legitimately change; anything else differing from the
 #: written version (the narrative included: it states the conclusion, as the codings do) is
 #: ``changed-since-written``.
 WORKFLOW_ELEMENTS = frozenset({"meta", "status", "docStatus", "id", "statusReason"})
-
-#: FHIR R4 status codes → the auditor's vocabulary (draft, signed, withdrawn, entered-in-error).
-_STATES: dict[str, dict[str, str]] = {
-    "ClinicalImpression": {
-        "in-progress": "draft",
-        "completed": "signed",
-        "entered-in-error": "entered-in-error",
-    },
-    "ServiceRequest": {
-        "draft": "draft",
-        "active": "signed",
-        "on-hold": "signed",
-        "completed": "signed",
-        "revoked": "withdrawn",
-        "entered-in-error": "entered-in-error",
-    },
-    "DetectedIssue": {
-        "registered": "draft",
-        "preliminary": "draft",
-        "final": "signed",
-        "amended": "signed",
-        "corrected": "signed",
-        "cancelled": "withdrawn",
-        "entered-in-error": "entered-in-error",
-    },
-}
-
-
-def resource_state(resource: dict[str, Any]) -> str:
-    """draft | signed | withdrawn | entered-in-error for one written resource (R4 status value sets)."""
-    rtype = resource.get("resourceType")
-    if rtype == "DocumentReference":
-        if resource.get("status") == "entered-in-error" or resource.get("docStatus") == "entered-in-error":
-            return "entered-in-error"
-        if resource.get("status") == "superseded":
-            return "withdrawn"
-        return "signed" if resource.get("docStatus") in ("final", "amended") else "draft"
-    return _STATES.get(str(rtype), {}).get(str(resource.get("status")), "draft")
 
 
 def patient_of(resource: dict[str, Any]) -> str | None:
@@ -104,7 +66,7 @@ def app_device_refs(source: Source) -> frozenset[str]:
             for i in device.get("identifier") or []
             if isinstance(i, dict)
         ):
-            refs.add(ref_of(device))
+            refs.add(reference_of_resource(device))
     return frozenset(refs)
 
 
@@ -194,11 +156,11 @@ class _Collector:
                     continue
                 accepted = True
                 for res in results:
-                    found[ref_of(res)] = res
+                    found[reference_of_resource(res)] = res
                 break
         if not accepted:
             for res in self.source.search(resource_type, {}):
-                found[ref_of(res)] = res
+                found[reference_of_resource(res)] = res
         for ref, res in found.items():
             self.cache[ref] = res
         return list(found.values())
@@ -249,7 +211,7 @@ def list_writes(source: Source, patient: str | None = None, since: date | None =
     col.devices = devices
     provenances = col.search_any("Provenance", [[{"_tag": TAG_PARAM}], [{"agent": APP_DEVICE}]])
     candidates: dict[str, dict[str, Any]] = {}
-    for rtype in WRITTEN_TYPES:
+    for rtype in DRAFT_TYPES:
         extra = _patient_params(rtype, patient_ref)
         variants = [
             _with_fallback({"_tag": TAG_PARAM}, extra),
@@ -257,17 +219,17 @@ def list_writes(source: Source, patient: str | None = None, since: date | None =
         ]
         for res in col.search_any(rtype, variants):
             if has_workflow_tag(res) or draft_identifiers(res):
-                candidates[ref_of(res)] = res
+                candidates[reference_of_resource(res)] = res
 
     writes: list[Write] = []
     covered: set[str] = set()
-    for prov in sorted(provenances, key=lambda p: (str(p.get("recorded")), ref_of(p))):
+    for prov in sorted(provenances, key=lambda p: (str(p.get("recorded")), reference_of_resource(p))):
         if not is_app_provenance(prov, devices):
             if has_workflow_tag(prov):
                 findings.append(
                     Finding(
                         "tag-without-provenance",
-                        ref_of(prov),
+                        reference_of_resource(prov),
                         "Provenance carries the app's draft tag "
                         "but does not name Device/smart-app-back-mice as an agent",
                     )
@@ -319,7 +281,7 @@ def _check_resource(
     if current is None:
         state = "not-accessible" if ref.plain in col.forbidden else "missing"
         return WrittenResource(ref.plain, ref.type, written_version, None, state)
-    now_version = version_of(current)
+    now_version = version_id(current)
     item = WrittenResource(
         ref.plain, ref.type, written_version, now_version, resource_state(current), resource=current
     )
@@ -357,7 +319,7 @@ def _write_status(resources: list[WrittenResource], assessment: str | None) -> s
 
 def _write_from_provenance(col: _Collector, prov: dict[str, Any]) -> tuple[Write, list[Finding]]:
     findings: list[Finding] = []
-    prov_ref = ref_of(prov)
+    prov_ref = reference_of_resource(prov)
     resources: list[WrittenResource] = []
     for target in prov.get("target") or []:
         ref = Ref.parse((target or {}).get("reference") if isinstance(target, dict) else None)
@@ -392,12 +354,12 @@ def _write_from_provenance(col: _Collector, prov: dict[str, Any]) -> tuple[Write
             findings.append(
                 Finding("source-missing", str(ref), f"used by {prov_ref}; no longer on the server")
             )
-        elif ref.version is not None and version_of(current) not in (None, ref.version):
+        elif ref.version is not None and version_id(current) not in (None, ref.version):
             findings.append(
                 Finding(
                     "source-amended",
                     str(ref),
-                    f"used by {prov_ref} at version {ref.version}; now version {version_of(current)}",
+                    f"used by {prov_ref} at version {ref.version}; now version {version_id(current)}",
                 )
             )
     assessment = next((r.reference for r in resources if r.resource_type in ASSESSMENT_TYPES), None)
@@ -482,3 +444,8 @@ def _criteria_from_resource(resource: dict[str, Any]) -> dict[str, str | None]:
                 url, version = split_canonical(value)
                 return {"url": url, "version": version}
     return {"url": None, "version": None}
+
+
+def reference_of_resource(resource: dict[str, Any]) -> str:
+    """``Type/id`` of a resource as read from the server."""
+    return _reference(resource) or f"{resource.get('resourceType')}/(no id)"

@@ -1,73 +1,16 @@
-"""Canonical URLs, references and report types for the auditor tools (issue 6; CLINICAL.md "Canonical
-URLs")."""
+"""Report types of the auditor tools, and the small readers of the app's labels on a written resource
+(docs/auditors.md)."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
-BASE = "https://smart-app.example/fhir"
-CRITERIA_URL = f"{BASE}/criteria/back-mice"
-FINDING_SYSTEM = f"{BASE}/CodeSystem/back-mice-finding"
-RED_FLAG_SYSTEM = f"{BASE}/CodeSystem/back-mice-red-flag"
-CLASSIFICATION_SYSTEM = f"{BASE}/CodeSystem/back-mice-classification"
-NEXT_STEP_SYSTEM = f"{BASE}/CodeSystem/back-mice-next-step"
-CLASSIFICATION_EXTENSION = f"{BASE}/StructureDefinition/back-mice-classification"
-NEXT_STEP_EXTENSION = f"{BASE}/StructureDefinition/back-mice-next-step"
-UNAVAILABLE_EXTENSION = f"{BASE}/StructureDefinition/back-mice-unavailable-data"
-DRAFT_IDENTIFIER_SYSTEM = f"{BASE}/identifier/draft"
-DEVICE_IDENTIFIER_SYSTEM = f"{BASE}/identifier/device"
-WORKFLOW_SYSTEM = f"{BASE}/CodeSystem/workflow"
-WORKFLOW_CODE = "draft-requires-review"
-APP_DEVICE = "Device/smart-app-back-mice"
-
-#: Resource types a write-back creates besides the shared Device (DESIGN.md "What is written").
-ASSESSMENT_TYPES = ("ClinicalImpression", "DocumentReference")
-WRITTEN_TYPES = ("ClinicalImpression", "DocumentReference", "ServiceRequest", "DetectedIssue")
-
-_REF = re.compile(r"^(?:.*/)?([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/([A-Za-z0-9\-.]{1,64}))?$")
-
-
-@dataclass(frozen=True)
-class Ref:
-    """A parsed literal reference ``Type/id[/_history/vid]`` (FHIR R4 "References", literal references)."""
-
-    type: str
-    id: str
-    version: str | None = None
-
-    @classmethod
-    def parse(cls, reference: str | None) -> Ref | None:
-        """Parse a relative or absolute literal reference; ``None`` for urn:uuid, contained or junk."""
-        if not reference or reference.startswith(("#", "urn:")):
-            return None
-        m = _REF.match(reference.strip())
-        if m is None:
-            return None
-        return cls(m.group(1), m.group(2), m.group(3))
-
-    @property
-    def plain(self) -> str:
-        return f"{self.type}/{self.id}"
-
-    def __str__(self) -> str:
-        return f"{self.plain}/_history/{self.version}" if self.version else self.plain
-
-
-def ref_of(resource: dict[str, Any]) -> str:
-    """``Type/id`` of a resource as read from the server."""
-    return f"{resource.get('resourceType')}/{resource.get('id')}"
-
-
-def version_of(resource: dict[str, Any]) -> str | None:
-    meta = resource.get("meta") or {}
-    vid = meta.get("versionId")
-    return str(vid) if vid is not None else None
+from smart_app.vocabulary import DRAFT_IDENTIFIER_SYSTEM, WORKFLOW_CODE, WORKFLOW_SYSTEM
 
 
 def has_workflow_tag(resource: dict[str, Any]) -> bool:
-    """Whether ``meta.tag`` carries the app's draft workflow tag (clinical-evidence §4.4)."""
+    """Whether ``meta.tag`` carries the app's draft workflow tag."""
     return any(
         t.get("system") == WORKFLOW_SYSTEM and t.get("code") == WORKFLOW_CODE
         for t in (resource.get("meta") or {}).get("tag") or []

@@ -3,16 +3,15 @@ search; "Bundle")."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
 import orjson
 
-from smart_app.audit.model import AuditInputError, Ref, version_of
-
-_ID_RE = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+from smart_app.audit.model import AuditInputError
+from smart_app.fhirjson import ID_RE as _ID_RE
+from smart_app.fhirjson import Ref, version_id
 
 
 class NotFound(Exception):
@@ -113,7 +112,7 @@ class BundleSource:
             rtype, rid = res.get("resourceType"), res.get("id")
             if not isinstance(rtype, str) or not isinstance(rid, str):
                 continue
-            vid = version_of(res)
+            vid = version_id(res)
             if vid is None:
                 self._unversioned[(rtype, rid)] = res
             else:
@@ -133,7 +132,7 @@ class BundleSource:
             if not isinstance(res, dict):
                 continue
             ref = Ref.parse(str(entry.get("fullUrl") or ""))
-            if ref and ref.version and version_of(res) is None:
+            if ref and ref.version and version_id(res) is None:
                 res = {**res, "meta": {**(res.get("meta") or {}), "versionId": ref.version}}
             resources.append(res)
         return cls(resources)

@@ -1,9 +1,8 @@
 """``audit verify``: re-run the criteria version a write names, on the source versions it recorded, at the
-evaluation time it recorded, and compare the conclusion field by field (issue 6 §2; CLINICAL.md "Reading
-the record": the evaluation time is an input so a past assessment can be reproduced exactly;
-clinical-evidence §4.3: Provenance.entity versioned references, Provenance.policy criteria url|version).
-The written classification and next step are read from their codings (fhir_profiles/README.md), and from
-the narrative only for writes that carry no coded value (:mod:`smart_app.audit.conclusion`).
+evaluation time it recorded, and compare the conclusion field by field (docs/auditors.md#verify; the
+evaluation time is an input, so a past assessment can be reproduced exactly: Provenance.entity holds
+versioned references, Provenance.policy the criteria url|version). The written classification and next
+step are read back by :mod:`smart_app.drafts.readback`.
 
 Resource types the app could not read are on the assessment as back-mice-unavailable-data extensions; they
 go back into ``PatientRecord.unavailable``, so what they would decide is unknown again, as it was. The
@@ -20,7 +19,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from smart_app.audit.conclusion import recomputed_conclusion, written_conclusion
 from smart_app.audit.listing import (
     TAG_PARAM,
     app_device_refs,
@@ -28,19 +26,17 @@ from smart_app.audit.listing import (
     provenance_criteria,
 )
 from smart_app.audit.model import (
-    APP_DEVICE,
-    ASSESSMENT_TYPES,
-    CRITERIA_URL,
-    UNAVAILABLE_EXTENSION,
     AuditInputError,
     Difference,
-    Ref,
     VerifyReport,
     draft_identifiers,
     split_canonical,
-    version_of,
 )
 from smart_app.audit.source import NotAccessible, NotFound, Source, UnsupportedSearch
+from smart_app.drafts.readback import recomputed_conclusion, written_conclusion
+from smart_app.drafts.written import ASSESSMENT_TYPES
+from smart_app.fhirjson import Ref, version_id
+from smart_app.vocabulary import APP_DEVICE, CRITERIA_URL, UNAVAILABLE_EXTENSION
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -109,7 +105,7 @@ def registry_with(criteria_dirs: Sequence[Path]) -> Any:
     replaced: the same version twice is an error)."""
     from smart_app.clinical import criteria
 
-    return criteria.load_registry([criteria.CRITERIA_DIR, *criteria_dirs])
+    return criteria.load_registry(criteria_dirs)
 
 
 def default_evaluator(
@@ -179,9 +175,9 @@ def verify_assessment(
     if where != "ClinicalImpression.effectiveDateTime":
         report.notes.append(f"Evaluation time taken from {where}.")
     written_version = _target_version(prov, ref)
-    if version_of(current) not in (None, written_version):
+    if version_id(current) not in (None, written_version):
         report.notes.append(
-            f"{ref.plain} is now version {version_of(current)} (written as version {written_version}); "
+            f"{ref.plain} is now version {version_id(current)} (written as version {written_version}); "
             "the current content is compared."
         )
 
@@ -256,10 +252,10 @@ def _check_identifier(
     unavailable: dict[str, str],
     report: VerifyReport,
 ) -> None:
-    """The assessment's draft identifier is the hash of its evidence (smart_app.clinical.drafting
+    """The assessment's draft identifier is the hash of its evidence (smart_app.drafts.build
     ``draft_key``): recompute it from the Provenance entities and the unread types as written. Only
     identifiers of that form (sha256 hex) are checked."""
-    from smart_app.clinical.drafting import draft_key
+    from smart_app.drafts.build import draft_key
 
     written = [v for v in draft_identifiers(resource) if _SHA256.fullmatch(v)]
     subject = Ref.parse((resource.get("subject") or {}).get("reference"))
@@ -335,11 +331,11 @@ def _rebuild_record(
             except NotFound:
                 notes.append(f"{eref.plain} has been deleted since the write.")
             else:
-                if version_of(now) not in (None, eref.version):
-                    row["current_version"] = version_of(now)
+                if version_id(now) not in (None, eref.version):
+                    row["current_version"] = version_id(now)
                     notes.append(
                         f"{eref.plain} has changed since the write (version {eref.version} used, now "
-                        f"version {version_of(now)}); a new assessment today may conclude differently."
+                        f"version {version_id(now)}); a new assessment today may conclude differently."
                     )
         rows.append(row)
         if res.get("resourceType") == "Patient":

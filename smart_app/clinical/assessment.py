@@ -1,4 +1,5 @@
-"""The Assessment: what the criteria concluded, why, and from which resources (CONTRACT.md JSON)."""
+"""The Assessment: what the criteria concluded, why, and from which resources
+(docs/clinical-criteria.md#the-assessment)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ class Assessment:
     as_of: str
     criteria: dict[str, str]
     findings: dict[str, dict[str, Any]]
+    checklist: list[dict[str, Any]]
     red_flags: list[dict[str, Any]]
     differentials: list[dict[str, Any]]
     missing: list[dict[str, str]]
@@ -42,6 +44,7 @@ class Assessment:
                 "as_of": self.as_of,
                 "criteria": self.criteria,
                 "findings": self.findings,
+                "checklist": self.checklist,
                 "red_flags": self.red_flags,
                 "differentials": self.differentials,
                 "missing": self.missing,

@@ -1,14 +1,21 @@
-"""Versioned criteria definitions (JSON data) and their registry.
+"""Criteria releases (JSON data with the terminology each one pins) and their registry.
 
-A released criteria file is never edited: a new version is added beside it, and every registered version
-stays evaluable (CLINICAL.md "Canonical URLs"; DESIGN.md "Criteria are data").
+A release is a directory ``<id>-<version>/`` holding ``criteria.json``, every ValueSet and CodeSystem it
+reads, and ``release.json``: the manifest that pins each ValueSet by url and version and records the
+sha256 of every file (docs/clinical-criteria.md#releases). A release whose files do not match its
+manifest is refused, so editing a shipped ValueSet can never silently change how a released version
+evaluates. Releases ship inside the package (``smart_app/data/criteria``) and load through
+``importlib.resources``; ``load_registry`` also takes extra directories of published releases.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -16,23 +23,45 @@ import orjson
 
 from smart_app.clinical import terminology
 
-ROOT = Path(__file__).resolve().parents[2]
-CRITERIA_DIR = ROOT / "fhir_profiles" / "criteria"
-TERMINOLOGY_DIR = ROOT / "fhir_profiles" / "package"
+MANIFEST = "release.json"
 SUPPORTED_FORMATS = frozenset({1})
 
 
 class CriteriaError(ValueError):
-    """A criteria file or version the engine cannot use."""
+    """A criteria release or version the engine cannot use."""
+
+
+def shipped_releases() -> Traversable:
+    """The directory of criteria releases shipped with the app."""
+    return resources.files("smart_app") / "data" / "criteria"
+
+
+#: What a format-1 criteria document leaves implicit, made explicit for the engine (the way a new format
+#: keyword is added without editing a released file). Later releases may state these themselves.
+FORMAT_1_DEFAULTS: Mapping[str, Any] = {
+    # the finding whose deciding resource names the nodule's site (for the suggestion's body site)
+    "site_finding": "TYPICAL_SITE",
+    # the "missing" entry asked for when the ladder stops for want of a pain score
+    "pain_missing": "PAIN_SCORE",
+    # the order in which the criteria are listed to people (checklist, narrative)
+    "checklist_order": [
+        "LBP",
+        "NODULE",
+        "TYPICAL_SITE",
+        "PAIN_REPRODUCED",
+        "NEURO_DEFICIT",
+        "INJECTION_RELIEF",
+    ],
+}
 
 
 @dataclass(frozen=True)
 class Criteria:
-    """One criteria version: the raw definition plus the terminology it is evaluated with."""
+    """One criteria version: the definition plus the terminology it pins."""
 
     data: Mapping[str, Any]
     terminology: terminology.Terminology
-    path: Path
+    source: str
 
     @property
     def url(self) -> str:
@@ -45,6 +74,15 @@ class Criteria:
     @property
     def title(self) -> str:
         return str(self.data["title"])
+
+    @property
+    def canonical(self) -> str:
+        """``url|version`` (R4 canonical datatype), as written in Provenance.policy."""
+        return f"{self.url}|{self.version}"
+
+    def setting(self, name: str) -> Any:
+        """A value the document states, else the default of its format (:data:`FORMAT_1_DEFAULTS`)."""
+        return self.data.get(name, FORMAT_1_DEFAULTS[name])
 
     def threshold(self, value: object) -> float:
         """A number, or the name of an entry of ``thresholds``."""
@@ -71,6 +109,20 @@ def valueset_urls(node: object) -> Iterator[str]:
             yield from valueset_urls(item)
 
 
+def referenced_valuesets(criteria: Mapping[str, Any], valuesets: Mapping[str, Mapping[str, Any]]) -> set[str]:
+    """The ValueSets a criteria document reads, with those they include (``compose.include.valueSet``)."""
+    found: set[str] = set()
+    todo = list(valueset_urls(criteria))
+    while todo:
+        url = todo.pop()
+        if url in found:
+            continue
+        found.add(url)
+        for include in (valuesets.get(url) or {}).get("compose", {}).get("include", []):
+            todo.extend(include.get("valueSet", []))
+    return found
+
+
 def coded_references(node: object) -> Iterator[tuple[str, str]]:
     """Every ``{"system", "code"}`` pair written in a criteria definition."""
     if isinstance(node, dict):
@@ -84,7 +136,7 @@ def coded_references(node: object) -> Iterator[tuple[str, str]]:
 
 
 class CriteriaRegistry:
-    """Criteria versions found in some directories (``*.json``), keyed by version."""
+    """Criteria versions keyed by version; :meth:`newest` is the default for new assessments."""
 
     def __init__(self, criteria: Iterable[Criteria]) -> None:
         self._by_version: dict[str, Criteria] = {}
@@ -93,47 +145,108 @@ class CriteriaRegistry:
                 raise CriteriaError(f"criteria version {c.version} defined twice")
             self._by_version[c.version] = c
 
-    def get(self, version: str) -> Criteria:
+    def get(self, version: str | None = None) -> Criteria:
+        """The named version, or the newest release when ``version`` is None."""
+        if version is None:
+            return self.newest()
         try:
             return self._by_version[version]
         except KeyError:
-            known = ", ".join(sorted(self._by_version)) or "none"
+            known = ", ".join(self.versions()) or "none"
             raise CriteriaError(f"unknown criteria version {version!r} (known: {known})") from None
 
+    def newest(self) -> Criteria:
+        if not self._by_version:
+            raise CriteriaError("no criteria release is installed")
+        return self._by_version[self.versions()[-1]]
+
     def versions(self) -> list[str]:
-        return sorted(self._by_version)
+        """Known versions, oldest first (semantic version order)."""
+        return sorted(self._by_version, key=_version_key)
 
     def __contains__(self, version: object) -> bool:
         return version in self._by_version
 
 
-def load_criteria(path: Path, terminology_dirs: Sequence[Path]) -> Criteria:
-    data = orjson.loads(path.read_bytes())
+def _version_key(version: str) -> tuple[tuple[int, str], ...]:
+    return tuple((int(part), "") if part.isdigit() else (-1, part) for part in version.split("."))
+
+
+def _json(entry: Traversable, what: str) -> dict[str, Any]:
+    try:
+        data = orjson.loads(entry.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise CriteriaError(f"{what}: cannot be read as JSON ({type(exc).__name__})") from None
+    if not isinstance(data, dict):
+        raise CriteriaError(f"{what}: not a JSON object")
+    return data
+
+
+def load_release(directory: Traversable) -> Criteria:
+    """Load one sealed release directory, checking every file against its manifest."""
+    name = directory.name
+    manifest = _json(directory / MANIFEST, f"{name}/{MANIFEST}")
+    hashes = manifest.get("sha256")
+    if not isinstance(hashes, dict) or "criteria.json" not in hashes:
+        raise CriteriaError(f"{name}: the manifest lists no files")
+    present = {e.name for e in directory.iterdir() if e.name.endswith(".json")} - {MANIFEST}
+    unlisted = sorted(present - set(hashes))
+    if unlisted:
+        raise CriteriaError(f"{name}: files not sealed in the release: {', '.join(unlisted)}")
+    contents: dict[str, bytes] = {}
+    for file, digest in sorted(hashes.items()):
+        try:
+            raw = (directory / file).read_bytes()
+        except OSError:
+            raise CriteriaError(f"{name}: sealed file {file} is missing") from None
+        if hashlib.sha256(raw).hexdigest() != digest:
+            raise CriteriaError(f"{name}: {file} changed after the release was sealed")
+        contents[file] = raw
+    data = orjson.loads(contents["criteria.json"])
     if not isinstance(data, dict) or data.get("format") not in SUPPORTED_FORMATS:
-        raise CriteriaError(f"{path.name}: not a criteria definition of a supported format")
-    # A criteria directory may carry its own terminology (new ValueSets for a new version).
-    dirs = tuple(dict.fromkeys([*terminology_dirs, path.parent]))
-    term = terminology.load(dirs)
-    term.require(valueset_urls(data))
-    return Criteria(data=data, terminology=term, path=path)
+        raise CriteriaError(f"{name}: not a criteria definition of a supported format")
+    if (data.get("url"), data.get("version")) != (manifest.get("url"), manifest.get("version")):
+        raise CriteriaError(f"{name}: criteria.json is not the version the manifest names")
+    pinned = {v["url"]: v["version"] for v in manifest.get("valuesets", [])}
+    term_resources = [orjson.loads(raw) for file, raw in contents.items() if file != "criteria.json"]
+    for res in term_resources:
+        url = res.get("url")
+        if res.get("resourceType") == "ValueSet" and pinned.get(url) != res.get("version"):
+            raise CriteriaError(f"{name}: ValueSet {url} is not the version the release pins")
+    term = terminology.build(term_resources)
+    wanted = referenced_valuesets(data, term.valuesets)
+    unpinned = sorted(wanted - set(pinned))
+    if unpinned:
+        raise CriteriaError(f"{name}: ValueSet(s) read but not pinned: {', '.join(unpinned)}")
+    term.require(wanted)
+    return Criteria(data=data, terminology=term, source=name)
 
 
-def load_registry(
-    dirs: Sequence[Path] | None = None, terminology_dirs: Sequence[Path] | None = None
-) -> CriteriaRegistry:
-    """Registry of the criteria in ``dirs`` (default: ``fhir_profiles/criteria``) plus any extra dirs."""
-    crit_dirs = tuple(dirs) if dirs is not None else (CRITERIA_DIR,)
-    term_dirs = tuple(terminology_dirs) if terminology_dirs is not None else (TERMINOLOGY_DIR,)
+def _release_dirs(root: Traversable) -> list[Traversable]:
+    if not root.is_dir():
+        raise CriteriaError(f"criteria directory {root} does not exist")
+    return sorted(
+        (d for d in root.iterdir() if d.is_dir() and (d / MANIFEST).is_file()), key=lambda d: d.name
+    )
+
+
+def load_registry(extra_dirs: Sequence[Path | Traversable] = (), *, shipped: bool = True) -> CriteriaRegistry:
+    """The shipped releases (unless ``shipped`` is False) plus the releases in ``extra_dirs``: each extra
+    directory is a release itself or holds release directories."""
+    roots: list[Traversable] = [shipped_releases()] if shipped else []
     found: list[Criteria] = []
-    for d in crit_dirs:
-        for path in sorted(d.glob("*.json")):
-            if path.name.startswith(("ValueSet-", "CodeSystem-")):
-                continue
-            found.append(load_criteria(path, term_dirs))
+    for root in roots:
+        found.extend(load_release(d) for d in _release_dirs(root))
+    for extra in extra_dirs:
+        directory = extra if isinstance(extra, Traversable) else Path(extra)
+        if (directory / MANIFEST).is_file():
+            found.append(load_release(directory))
+        else:
+            found.extend(load_release(d) for d in _release_dirs(directory))
     return CriteriaRegistry(found)
 
 
 @functools.lru_cache(maxsize=1)
 def default_registry() -> CriteriaRegistry:
-    """The shipped criteria, loaded once per process."""
+    """The shipped releases, loaded once per process."""
     return load_registry()

@@ -1,4 +1,9 @@
-"""Evaluate a criteria version over one patient's record (CLINICAL.md "Classification", "Output").
+"""Evaluate a criteria version over one patient's record (docs/clinical-criteria.md#classification and
+docs/clinical-criteria.md#the-assessment).
+
+The engine is handed the operator table (:data:`smart_app.clinical.rules.OPERATORS` by default) and runs
+the criteria document stage by stage: findings, the pain score, red flags, classification, next step. It
+records what each rule returns; the rules themselves only read.
 
 ``assess`` is deterministic: the same record (in any entry order) and the same ``as_of`` give the same
 Assessment, byte for byte in ``json.dumps(..., sort_keys=True)``.
@@ -6,102 +11,106 @@ Assessment, byte for byte in ``json.dumps(..., sort_keys=True)``.
 
 from __future__ import annotations
 
-import contextlib
-import gc
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from smart_app.clinical import fhirjson as fj
+from smart_app import fhirjson as fj
 from smart_app.clinical.assessment import Assessment
 from smart_app.clinical.criteria import Criteria, CriteriaError, CriteriaRegistry, default_registry
 from smart_app.clinical.facts import Extractor, Facts
-from smart_app.clinical.operators import (
+from smart_app.clinical.record import NotStreamable, PatientRecord, load_bundle, stream_bundle
+from smart_app.clinical.rules import (
     ABSENT,
-    FINDING_RULES,
-    FLAG_RULES,
+    OPERATORS,
     PRESENT,
     UNKNOWN,
     Context,
     FindingResult,
+    FlagResult,
+    Operator,
     Outcome,
-    latest_pain,
+    PainResult,
 )
-from smart_app.clinical.record import NotStreamable, PatientRecord, load_bundle, stream_bundle
 
 UnknownInput = tuple[str, Mapping[str, Any], str]  # ladder input name, its data_dependencies entry, unread
+
+
+def criteria_for(version: str | None = None, registry: CriteriaRegistry | None = None) -> Criteria:
+    """The criteria release ``version`` (default: the newest release)."""
+    return (registry or default_registry()).get(version)
 
 
 def assess(
     record: PatientRecord,
     as_of: datetime,
-    criteria_version: str = "1.0.0",
+    criteria_version: str | None = None,
     *,
     registry: CriteriaRegistry | None = None,
+    operators: Mapping[str, Operator] = OPERATORS,
 ) -> Assessment:
-    """Assess ``record`` at evaluation time ``as_of`` (naive datetimes are taken as UTC)."""
+    """Assess ``record`` at evaluation time ``as_of`` (naive datetimes are taken as UTC) under the criteria
+    release ``criteria_version`` (default: the newest)."""
     as_of = _utc(as_of)
-    criteria = (registry or default_registry()).get(criteria_version)
-    with _gc_paused():
+    criteria = criteria_for(criteria_version, registry)
+    with fj.gc_paused():
         extractor = Extractor(as_of, criteria)
         for res in record.resources:
             extractor.feed(res)
-        return _evaluate(criteria, extractor.finish(record), record, as_of, extractor.count)
+        return evaluate(criteria, extractor.finish(record), record, as_of, extractor.count, operators)
 
 
 def assess_bundle(
     data: bytes,
     as_of: datetime,
-    criteria_version: str = "1.0.0",
+    criteria_version: str | None = None,
     *,
     registry: CriteriaRegistry | None = None,
+    operators: Mapping[str, Operator] = OPERATORS,
 ) -> Assessment:
     """Bytes of a Bundle → Assessment without holding the whole Bundle as Python objects.
 
     Same result as ``assess(load_bundle(data), ...)``; raises ``UnusableInput`` likewise.
     """
     as_of = _utc(as_of)
-    criteria = (registry or default_registry()).get(criteria_version)
+    criteria = criteria_for(criteria_version, registry)
     extractor = Extractor(as_of, criteria)
     try:
         record = stream_bundle(data, extractor.feed)
     except NotStreamable:
-        return assess(load_bundle(data), as_of, criteria_version, registry=registry)
-    with _gc_paused():
-        return _evaluate(criteria, extractor.finish(record), record, as_of, extractor.count)
+        return assess(load_bundle(data), as_of, criteria.version, registry=registry, operators=operators)
+    with fj.gc_paused():
+        return evaluate(criteria, extractor.finish(record), record, as_of, extractor.count, operators)
 
 
 def _utc(as_of: datetime) -> datetime:
     return as_of.replace(tzinfo=UTC) if as_of.tzinfo is None else as_of.astimezone(UTC)
 
 
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """The engine allocates no reference cycles; pausing the collector keeps time linear in the input."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
-def _evaluate(
-    criteria: Criteria, facts: Facts, record: PatientRecord, as_of: datetime, count: int
+def evaluate(
+    criteria: Criteria,
+    facts: Facts,
+    record: PatientRecord,
+    as_of: datetime,
+    count: int,
+    operators: Mapping[str, Operator] = OPERATORS,
 ) -> Assessment:
-    ctx = Context(criteria=criteria, facts=facts, record=record, as_of=as_of)
+    """Run the criteria over extracted facts, stage by stage, and explain the conclusion."""
+    ctx = Context(criteria=criteria, facts=facts, record=record, as_of=as_of, operators=operators)
     data = criteria.data
 
     for spec in data["findings"]:
-        rule = FINDING_RULES.get(spec["rule"])
-        if rule is None:
-            raise CriteriaError(f"unknown finding rule {spec['rule']!r}")
-        ctx.findings[spec["id"]] = _honour_unavailable(ctx, spec, rule(ctx, spec))
-    ctx.pain = latest_pain(ctx)
+        result = ctx.run(spec["rule"], spec)
+        if not isinstance(result, FindingResult):
+            raise CriteriaError(f"finding {spec['id']}: {spec['rule']!r} is not a finding rule")
+        ctx.findings[spec["id"]] = _honour_unavailable(ctx, spec, result)
+    pain = ctx.run("pain_score", data["pain"])
+    ctx.pain = pain.pain if isinstance(pain, PainResult) else None
     for spec in data["red_flags"]:
-        flag = FLAG_RULES[spec.get("rule", "coded")](ctx, spec)
-        if flag is not None:
+        flag = ctx.run(spec.get("rule", "coded"), spec)
+        if not isinstance(flag, FlagResult):
+            raise CriteriaError(f"red flag {spec['id']}: {spec.get('rule', 'coded')!r} is not a flag rule")
+        if flag.raised:
             ctx.flags.append(flag)
     ctx.flags.sort(key=lambda f: (f.level != "block", f.id))
     differentials = _differentials(ctx)
@@ -165,6 +174,7 @@ def _evaluate(
         }
         for spec in data["findings"]
     }
+    checklist = _checklist(ctx)
     latest = None
     if ctx.pain is not None:
         when = ctx.pain.fact.when
@@ -182,6 +192,7 @@ def _evaluate(
         as_of=as_of.isoformat().replace("+00:00", "Z"),
         criteria={"url": criteria.url, "version": criteria.version, "title": criteria.title},
         findings=findings_json,
+        checklist=checklist,
         red_flags=[
             {"id": f.id, "level": f.level, "title": f.title, "evidence": list(f.evidence), "reason": f.reason}
             for f in ctx.flags
@@ -193,7 +204,7 @@ def _evaluate(
         rationale=_rationale(
             ctx, rule_spec, outcome, ladder_spec, ladder_outcome, differentials, withheld, inputs
         ),
-        summary=_summary(ctx),
+        summary=_summary(ctx, checklist),
         ignored=ignored,
         sources=sources,
         counts={"resources": count, "used": len(sources), "ignored": len(ignored)},
@@ -314,14 +325,12 @@ def _differentials(ctx: Context) -> list[dict[str, Any]]:
 
 
 def _nodule_site(ctx: Context) -> dict[str, Any] | None:
-    """The bodySite that TYPICAL_SITE judged (the nodule's site), if any."""
-    for spec in ctx.data["findings"]:
-        if spec["rule"] == "site_of":
-            result = ctx.findings[spec["id"]]
-            for fact in result.deciding:
-                sites = fj.body_sites(fact.resource)
-                if sites:
-                    return sites[0]
+    """The bodySite of the resource that decided the site finding (the nodule's site), if any."""
+    result = ctx.findings.get(ctx.criteria.setting("site_finding"))
+    for fact in result.deciding if result else ():
+        sites = fj.body_sites(fact.resource)
+        if sites:
+            return sites[0]
     return None
 
 
@@ -346,8 +355,9 @@ def _suggestion(
         if coding:
             body_site = {"coding": coding, "text": site_text}
     refs: set[str] = set()
-    for fid, result in ctx.findings.items():
-        if result.status == PRESENT and fid != "NEURO_DEFICIT":
+    for finding in ctx.data["findings"]:  # the findings that support the suggestion (met when present)
+        result = ctx.findings[finding["id"]]
+        if result.status == PRESENT and finding["met_when"] == PRESENT:
             refs.update(result.evidence)
     if ladder is not None:
         refs.update(ladder.evidence)
@@ -375,7 +385,7 @@ def _headline(
         data["headlines"][classification].format(flags=flags, why=why, site=site, step=data["steps"][step])
     )
     screen = _screen_unread(ctx)
-    if screen and classification != "red-flags":
+    if screen and not any(f.level == "block" for f in ctx.flags):
         spec = ctx.dependencies["red_flags"]
         template = spec["headline_withheld"] if withheld else spec["headline"]
         headline = template.format(headline=headline, types=", ".join(screen))
@@ -389,23 +399,49 @@ def _finding_ids(cond: Mapping[str, Any]) -> set[str]:
     return ids
 
 
-def _criteria_lists(ctx: Context) -> tuple[list[str], list[str], list[str]]:
-    met, not_met, unknown = [], [], []
-    for spec in ctx.data["findings"]:
-        status = ctx.findings[spec["id"]].status
-        label = spec["criterion"]
-        if status == UNKNOWN:
-            unknown.append(label)
-        elif status == spec["met_when"]:
-            met.append(label)
+def _checklist(ctx: Context) -> list[dict[str, Any]]:
+    """Each finding as a criterion: met, not met or unknown, with the words that say so.
+
+    A criterion is met when its finding has the status ``met_when`` says (``present`` for most; ``absent``
+    for NEURO_DEFICIT, since back mice cause no deficit). ``label`` names the criterion as met: the title,
+    or "no <title>" for a criterion met by absence. The one place this rule lives.
+    """
+    rows = []
+    specs = {spec["id"]: spec for spec in ctx.data["findings"]}
+    for finding_id in ctx.criteria.setting("checklist_order"):
+        spec = specs[finding_id]
+        result = ctx.findings[spec["id"]]
+        if result.status == UNKNOWN:
+            verdict = "unknown"
+        elif result.status == spec["met_when"]:
+            verdict = "met"
         else:
-            not_met.append(label)
-    return met, not_met, unknown
+            verdict = "not-met"
+        title = str(spec["title"])
+        label = title if spec["met_when"] == PRESENT else f"no {title[:1].lower()}{title[1:]}"
+        rows.append(
+            {
+                "finding": spec["id"],
+                "title": title,
+                "label": label,
+                "criterion": spec["criterion"],
+                "met_when": spec["met_when"],
+                "verdict": verdict,
+                "status": result.status,
+                "reason": result.reason,
+                "evidence": list(result.evidence),
+            }
+        )
+    return rows
 
 
-def _summary(ctx: Context) -> str:
+def _summary(ctx: Context, checklist: list[dict[str, Any]]) -> str:
     text = ctx.data["summary"]
-    met, not_met, unknown = _criteria_lists(ctx)
+    verdicts = {row["finding"]: row["verdict"] for row in checklist}
+    met, not_met, unknown = (
+        [spec["criterion"] for spec in ctx.data["findings"] if verdicts[spec["id"]] == verdict]
+        for verdict in ("met", "not-met", "unknown")
+    )
     parts = [
         text["opening"],
         text["criteria"].format(
@@ -489,8 +525,9 @@ def _missing(
             if result.unread:
                 what = f"{what}: {ctx.unread_text(result.unread)} could not be read"
             out.append({"finding": spec["id"], "what": what, "how": guide[spec["id"]]["how"]})
-    if ladder is not None and ladder.get("when", {}).get("op") == "no_latest_pain" and "PAIN_SCORE" in guide:
-        out.append({"finding": "PAIN_SCORE", **guide["PAIN_SCORE"]})
+    pain_missing = ctx.criteria.setting("pain_missing")
+    if ladder is not None and ladder.get("when", {}).get("op") == "no_latest_pain" and pain_missing in guide:
+        out.append({"finding": pain_missing, **guide[pain_missing]})
     for _, spec, why in inputs:
         types = ", ".join(ctx.unread(spec["types"]))
         out.append(
@@ -511,7 +548,3 @@ def _missing(
             }
         )
     return out
-
-
-def criteria_for(version: str, registry: CriteriaRegistry | None = None) -> Criteria:
-    return (registry or default_registry()).get(version)

@@ -1,8 +1,7 @@
 """One linear pass over a patient's resources: keep what the criteria can use, say why the rest is ignored.
 
-Reading rules: CLINICAL.md "Reading the record"; clinical-evidence.md §5.1 (Condition), §5.2 (Observation),
-§5.3 (medications). Each usable coded element becomes a ``Fact`` filed under every criteria ValueSet its
-code belongs to; rules later decide what each fact means.
+Reading rules: docs/clinical-criteria.md#reading-the-record. Each usable coded element becomes a ``Fact``
+filed under every criteria ValueSet its code belongs to; rules later decide what each fact means.
 """
 
 from __future__ import annotations
@@ -14,20 +13,14 @@ from typing import Any
 
 import orjson
 
-from smart_app.clinical import fhirjson as fj
+from smart_app import fhirjson as fj
 from smart_app.clinical.criteria import Criteria, valueset_urls
-from smart_app.clinical.fhirjson import When
 from smart_app.clinical.record import PatientRecord
+from smart_app.fhirjson import When
+from smart_app.vocabulary import system_label
 
 _MIN = datetime.min.replace(tzinfo=UTC)
 READ_TYPES = ("Observation", "Condition", "Procedure", "MedicationStatement", "MedicationRequest")
-SYSTEM_LABELS = {
-    "http://snomed.info/sct": "SNOMED",
-    "http://hl7.org/fhir/sid/icd-10-cm": "ICD-10-CM",
-    "http://loinc.org": "LOINC",
-    "http://www.nlm.nih.gov/research/umls/rxnorm": "RxNorm",
-    "http://www.ama-assn.org/go/cpt": "CPT",
-}
 
 
 @dataclass(slots=True)
@@ -40,7 +33,9 @@ class Fact:
     code_key: str
     label: str
     when: When | None = None
-    polarity: str | None = None  # "present" | "absent" | None (says nothing)
+    #: "present" | "absent" | None (says nothing). A Condition says "present"; whether it counts is the
+    #: rules' call (clinical and verification status).
+    polarity: str | None = None
     note: str | None = None  # why it says nothing
     status: str | None = None
     preliminary: bool = False
@@ -71,7 +66,7 @@ class Facts:
 
 def _label(system: str, code: str, criteria: Criteria, concept: object) -> str:
     """``SNOMED 95325000 Subcutaneous nodule``: the coding's display, else ours, else the concept text."""
-    name = SYSTEM_LABELS.get(system, system.rsplit("/", 1)[-1])
+    name = system_label(system)
     display = fj.coding_display(concept, system, code) or criteria.terminology.display(system, code)
     display = display or fj.concept_text(concept) or ""
     return f"{name} {code} {display}".strip()
@@ -368,6 +363,7 @@ class Extractor:
                 code_key=key,
                 label=label,
                 when=onset,
+                polarity="present",
                 clinical=clinical,
                 verification=verification,
                 resource=slim,

@@ -1,19 +1,20 @@
 """One patient's record from a FHIR R4 Bundle (R4 Bundle page: entry.resource, entry.fullUrl).
 
 Accepts any Bundle type (collection, searchset, transaction, batch, *-response, document); entries without
-a ``resource`` are skipped. Decoding uses orjson with the garbage collector paused (the collector, not the
-parser, makes decode time grow faster than the input: DESIGN.md "Performance shape").
+a ``resource`` are skipped. Decoding goes through :func:`smart_app.fhirjson.decode_json` (depth guard, the
+collector paused: the collector, not the parser, makes decode time grow faster than the input).
 """
 
 from __future__ import annotations
 
-import gc
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+
+from smart_app import fhirjson as fj
 
 
 class UnusableInput(ValueError):
@@ -63,36 +64,20 @@ class PatientRecord:
         return ref.endswith("/" + own) and "://" in ref
 
 
-def decode_json(data: bytes | str) -> Any:
-    """orjson decode with the garbage collector paused for the duration."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        return orjson.loads(data)
-    finally:
-        if enabled:
-            gc.enable()
-
-
 def load_bundle(data: bytes | str) -> PatientRecord:
     """Decode a Bundle holding one patient's resources.
 
     Raises ``UnusableInput`` when the data is not JSON, not a Bundle, has no Patient or several Patients.
     """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with fj.gc_paused():
         try:
-            doc = orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            raise UnusableInput(f"not JSON: {exc}".splitlines()[0][:200]) from None
+            doc = fj.decode_json(data)
+        except fj.JsonInputError as exc:
+            raise UnusableInput(f"not usable JSON: {exc.reason}") from None
         if not isinstance(doc, dict) or doc.get("resourceType") != "Bundle":
             found = doc.get("resourceType") if isinstance(doc, dict) else type(doc).__name__
             raise UnusableInput(f"not a FHIR Bundle (resourceType {found!r})"[:200])
         return record_from_entries(doc.get("entry"))
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def record_from_entries(entries: object) -> PatientRecord:
@@ -212,9 +197,7 @@ def stream_bundle(data: bytes, consume: Callable[[dict[str, Any]], None]) -> Pat
     resources already, so callers must be able to start over (see ``smart_app.clinical.engine``).
     """
     patients: list[tuple[dict[str, Any], str | None]] = []
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with fj.gc_paused():
         for entry in iter_bundle_entries(data):
             res = entry.get("resource")
             if not isinstance(res, dict):
@@ -224,7 +207,4 @@ def stream_bundle(data: bytes, consume: Callable[[dict[str, Any]], None]) -> Pat
                 patients.append((res, full_url if isinstance(full_url, str) else None))
             else:
                 consume(res)
-    finally:
-        if enabled:
-            gc.enable()
     return record_from_patients(patients, [])

@@ -1,6 +1,6 @@
-"""Terminology read from the FHIR ValueSet/CodeSystem files in ``fhir_profiles/package``.
+"""Terminology of a criteria release: its FHIR ValueSet and CodeSystem files, turned into matchers.
 
-Codes live only in those files (CLINICAL.md; clinical-evidence.md §3.8): this module turns each ValueSet's
+Codes live only in those files (docs/clinical-criteria.md#codes): this module turns each ValueSet's
 ``compose.include`` into a matcher. ``concept`` lists are exact ``system|code`` rules; a ``filter`` with
 property ``concept`` and op ``is-a`` is read as a code-prefix rule (the ICD-10-CM hierarchy is positional,
 so ``is-a Z85`` covers Z85 and every code below it). ICD-10-CM codes are compared without dots and in upper
@@ -9,13 +9,9 @@ case, so ``M54.50`` and ``M5450`` match alike. Other filters are refused at load
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-
-import orjson
 
 ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
 ORDINAL_VALUE = "http://hl7.org/fhir/StructureDefinition/ordinalValue"
@@ -90,13 +86,6 @@ class Terminology:
         broken = [f"{u}: {self.broken[u]}" for u in wanted if u in self.broken]
         if broken:
             raise TerminologyError("; ".join(broken))
-
-
-def _read(path: Path) -> dict[str, Any]:
-    data = orjson.loads(path.read_bytes())
-    if not isinstance(data, dict):
-        raise TerminologyError(f"{path.name}: not a JSON object")
-    return data
 
 
 def build(resources: Iterable[Mapping[str, Any]]) -> Terminology:
@@ -187,13 +176,3 @@ def build(resources: Iterable[Mapping[str, Any]]) -> Terminology:
         displays=displays,
         broken=broken,
     )
-
-
-@functools.lru_cache(maxsize=16)
-def load(dirs: tuple[Path, ...]) -> Terminology:
-    """Load every ``ValueSet-*.json`` and ``CodeSystem-*.json`` of ``dirs`` (cached per tuple of dirs)."""
-    resources: list[dict[str, Any]] = []
-    for d in dirs:
-        for path in sorted(d.glob("ValueSet-*.json")) + sorted(d.glob("CodeSystem-*.json")):
-            resources.append(_read(path))
-    return build(resources)

@@ -13,13 +13,10 @@ keeps a retry by the caller from duplicating.
 from __future__ import annotations
 
 import email.utils
-import gc
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -28,6 +25,7 @@ from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 import orjson
 import requests
 
+from smart_app import fhirjson as fj
 from smart_app.fhir.errors import (
     FhirConnectionError,
     FhirError,
@@ -43,9 +41,8 @@ FHIR_JSON = "application/fhir+json"
 _RETRY_STATUSES = frozenset({429, 502, 503, 504})
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS = 5
-# FHIR R4 datatypes.html#id and the resource type names of resourcelist.html.
-_ID_RE = re.compile(r"[A-Za-z0-9\-.]{1,64}")
-_TYPE_RE = re.compile(r"[A-Z][A-Za-z]{1,63}")
+_ID_RE = fj.ID_RE
+_TYPE_RE = fj.TYPE_RE
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 Token = Callable[[], str] | str | None
@@ -72,41 +69,6 @@ class _Base:
     host: str
     port: int
     path: str  # no trailing slash; "" for a server root
-
-
-class _GcPause:
-    """Pause the cyclic garbage collector while decoding large JSON (DESIGN.md "Performance shape":
-    the collector, not parsing, dominates decode cost). Re-entrant across threads: the collector is
-    re-enabled when the last decoder finishes, and only if it was enabled before."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._depth = 0
-        self._was_enabled = False
-
-    @contextmanager
-    def __call__(self) -> Iterator[None]:
-        with self._lock:
-            if self._depth == 0:
-                self._was_enabled = gc.isenabled()
-                gc.disable()
-            self._depth += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._depth -= 1
-                if self._depth == 0 and self._was_enabled:
-                    gc.enable()
-
-
-_gc_paused = _GcPause()
-
-
-def decode_json(content: bytes) -> Any:
-    """orjson decode with the collector paused; raises ``orjson.JSONDecodeError`` (a ValueError)."""
-    with _gc_paused():
-        return orjson.loads(content)
 
 
 class FhirClient:
@@ -321,7 +283,7 @@ class FhirClient:
         body: Any = None
         if response.content.strip():
             try:
-                body = decode_json(response.content)
+                body = fj.decode_json(response.content)
             except ValueError as exc:
                 raise FhirMalformedResponse(
                     f"create {resource_type}: the response body is not JSON", status=response.status_code
@@ -513,7 +475,7 @@ class FhirClient:
     def _json_body(self, response: requests.Response) -> Any:
         label = _label(self._base, response.url or self.base_url)
         try:
-            return decode_json(response.content)
+            return fj.decode_json(response.content)
         except ValueError:
             raise FhirMalformedResponse(
                 f"{response.request.method if response.request else 'GET'} {label}: "
@@ -525,7 +487,7 @@ class FhirClient:
         outcome: dict[str, Any] | None = None
         if response.content:
             try:
-                body = decode_json(response.content)
+                body = fj.decode_json(response.content)
             except ValueError:
                 body = None
             if isinstance(body, dict) and body.get("resourceType") == "OperationOutcome":
@@ -671,28 +633,12 @@ def _retry_after_seconds(value: str | None) -> float | None:
 
 def _parse_location(location: str | None, resource_type: str) -> tuple[str | None, str | None]:
     """``[base]/[type]/[id]/_history/[vid]`` (FHIR R4 http.html#create) → (id, version)."""
-    if not location:
-        return None, None
-    segments = [segment for segment in urlsplit(location).path.split("/") if segment]
-    try:
-        index = len(segments) - 1 - segments[::-1].index(resource_type)
-    except ValueError:
-        return None, None
-    rest = segments[index + 1 :]
-    resource_id = rest[0] if rest and _ID_RE.fullmatch(rest[0]) else None
-    version = rest[2] if len(rest) >= 3 and rest[1] == "_history" and _ID_RE.fullmatch(rest[2]) else None
+    _, resource_id, version = fj.location_parts(location, resource_type)
     return resource_id, version
 
 
 def _etag_version(etag: str | None) -> str | None:
-    """FHIR R4 http.html#versioning: ``ETag: W/"3"``."""
-    if not etag:
-        return None
-    value = etag.strip()
-    if value.startswith("W/"):
-        value = value[2:]
-    value = value.strip('"')
-    return value if value and _ID_RE.fullmatch(value) else None
+    return fj.etag_version(etag)
 
 
 def _str_or_none(value: Any) -> str | None:

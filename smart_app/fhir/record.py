@@ -1,4 +1,4 @@
-"""Read what the criteria need about one patient (DESIGN.md step 7).
+"""Read what the criteria need about one patient (docs/architecture.md#data-flow).
 
 The Patient read and one search per resource type (FHIR R4 search.html, ``patient`` search parameter
 of Observation, Condition, Procedure, MedicationStatement and MedicationRequest) run in parallel, each
@@ -27,6 +27,8 @@ SEARCH_TYPES: tuple[str, ...] = (
     "MedicationRequest",
 )
 SCOPE_NOT_GRANTED = "scope not granted"
+#: Entries asked for per search page (``_count``); the ``FHIR_PAGE_SIZE`` setting overrides it.
+DEFAULT_PAGE_SIZE = 1000
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,7 @@ def fetch_patient_record(
     patient_id: str,
     readable: Callable[[str], bool],
     *,
-    page_size: int = 1000,
+    page_size: int = DEFAULT_PAGE_SIZE,
     max_workers: int = 4,
 ) -> FetchResult:
     """Read the Patient and search its clinical resources in parallel.

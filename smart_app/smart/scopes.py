@@ -86,10 +86,10 @@ def check_scope(text: str, syntax: ScopeSyntax) -> str | None:
     if sep and head in CONTEXTS:
         parsed = parse_resource_scope(text)
         if parsed is None:
-            return (
-                f"{text!r} is not a valid SMART {syntax} scope "
-                + ("(permissions must be letters from 'cruds' in that order)" if syntax == "v2" else
-                   "(permission must be read, write or *)")
+            return f"{text!r} is not a valid SMART {syntax} scope " + (
+                "(permissions must be letters from 'cruds' in that order)"
+                if syntax == "v2"
+                else "(permission must be read, write or *)"
             )
         if parsed.syntax != syntax:
             return f"{text!r} uses SMART {parsed.syntax} syntax but the registration says {syntax}"

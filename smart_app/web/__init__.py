@@ -1,4 +1,5 @@
-"""The only Flask layer: server-side sessions, security headers, CSRF, error pages and blueprints."""
+"""The only Flask layer: the app factory, server-side sessions, security headers, CSRF, error pages and
+the blueprints (docs/architecture.md#web)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,34 @@ from flask.wrappers import Response
 from flask_session import Session
 from flask_wtf.csrf import CSRFProtect
 
+from smart_app import auditlog
+from smart_app.config import DEFAULTS, check_config
+
 csrf = CSRFProtect()
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    """Application factory: defaults → instance/config.py → SMART_APP_* env → ``test_config``.
+
+    The instance folder (generated keys, file sessions, audit log) is Flask's default (``instance/`` beside
+    a source checkout, ``<prefix>/var/smart_app-instance`` for an installed package) unless
+    ``SMART_APP_INSTANCE_PATH`` or ``test_config["INSTANCE_PATH"]`` names another absolute path.
+    """
+    instance_path = (test_config or {}).get("INSTANCE_PATH") or os.environ.get("SMART_APP_INSTANCE_PATH")
+    app = Flask("smart_app", instance_relative_config=True, instance_path=instance_path)
+    app.config.from_mapping(DEFAULTS)
+    app.config.from_pyfile("config.py", silent=True)
+    app.config.from_prefixed_env("SMART_APP")
+    extra_dir = os.environ.get("SMART_APP_REGISTRATIONS_DIR")
+    if extra_dir:
+        app.config["REGISTRATIONS_DIRS"] = [*app.config["REGISTRATIONS_DIRS"], extra_dir]
+    if test_config:
+        app.config.update(test_config)
+    check_config(app.config, debug=app.debug, testing=app.testing)
+    os.makedirs(app.instance_path, exist_ok=True)
+    auditlog.init_app(app)
+    init_app(app)
+    return app
 
 
 def init_app(app: Flask) -> None:
@@ -20,17 +48,13 @@ def init_app(app: Flask) -> None:
     csrf.init_app(app)
     app.after_request(security_headers)
 
-    from smart_app.web import errors, launch, views
+    from smart_app.web import audit, errors, launch, session, views
 
+    session.init_app(app)
     errors.register_error_handlers(app)
     app.register_blueprint(launch.bp)
     app.register_blueprint(views.bp)
-    try:
-        from smart_app.audit import web as audit_web
-    except ImportError:  # the auditor pages are optional in a trimmed deployment
-        audit_web = None  # type: ignore[assignment]
-    if audit_web is not None:
-        app.register_blueprint(audit_web.bp)
+    app.register_blueprint(audit.bp)
 
 
 def init_sessions(app: Flask) -> None:

@@ -1,5 +1,5 @@
-"""Focused-exam capture (issue 5 item 2): the exam form becomes Observations, written to the chart or
-kept in this session (blueprint ``main``)."""
+"""Focused-exam capture: the exam form becomes Observations, written to the chart or kept in this session
+(blueprint ``main``)."""
 
 from __future__ import annotations
 
@@ -11,15 +11,15 @@ from typing import Any
 from flask import flash, redirect, request, url_for
 from werkzeug.wrappers import Response as BaseResponse
 
+from smart_app import fhirjson as fj
 from smart_app.fhir.errors import FhirError
-from smart_app.web.common import UNSAVED_EXAM_KEY, _client, _get, _pop, _scopes, _set, _smart, bp
-from smart_app.web.session import launch_required
+from smart_app.smart.launch import Launch
+from smart_app.vocabulary import FINDING_SYSTEM, SNOMED, UCUM
+from smart_app.vocabulary import OBSERVATION_CATEGORY as OBS_CATEGORY
+from smart_app.web.common import UNSAVED_EXAM_KEY, _get, _pop, _set, bp
+from smart_app.web.session import get_fhir, launch_required, require_launch
 
-# --- focused exam (CLINICAL.md "Canonical URLs" and "Findings"; clinical-evidence.md §3.2) -------------
-SNOMED = "http://snomed.info/sct"
-FINDING_SYSTEM = "https://smart-app.example/fhir/CodeSystem/back-mice-finding"
-OBS_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
-UCUM = "http://unitsofmeasure.org"
+# --- focused exam (docs/clinical-criteria.md#findings) --------------------------------------------------
 PRESENT = {"system": SNOMED, "code": "52101004", "display": "Present"}
 ABSENT = {"system": SNOMED, "code": "2667000", "display": "Absent"}
 
@@ -32,7 +32,7 @@ EXAM_SITES: dict[str, tuple[str, str]] = {
     "other": ("Elsewhere (not a typical site)", "other site"),
 }
 EXAM_SIDES = {"left": "Left", "right": "Right", "midline": "Midline / both sides"}
-#: Verified body-site codes (clinical-evidence.md §3.2, "Body sites"); other sites are sent as text.
+#: Verified body-site codes (docs/clinical-criteria.md#typical_site); other sites are sent as text.
 SITE_CODES: dict[tuple[str, str], tuple[str, str]] = {
     ("lumbar", "left"): ("1017210004", "Structure of left lumbar region of back"),
     ("lumbar", "right"): ("1017211000", "Structure of right lumbar region of back"),
@@ -62,30 +62,28 @@ def _choice(name: str, allowed: Iterable[str], default: str = "") -> str:
     return value
 
 
-def _observation(smart: dict[str, Any], code: dict[str, Any], now: str, **fields: Any) -> dict[str, Any]:
+def _observation(launch: Launch, code: dict[str, Any], now: str, **fields: Any) -> dict[str, Any]:
     obs: dict[str, Any] = {
         "resourceType": "Observation",
         "status": "final",
         "category": [{"coding": [{"system": OBS_CATEGORY, "code": "exam", "display": "Exam"}]}],
         "code": {"coding": [code], "text": code.get("display", "")},
-        "subject": {"reference": f"Patient/{smart['patient']}"},
+        "subject": {"reference": f"Patient/{launch.patient}"},
         "effectiveDateTime": now,
         "issued": now,
     }
-    if smart.get("encounter"):
+    if launch.encounter:
         obs["encounter"] = {
-            "reference": f"Encounter/{smart['encounter']}"
-            if "/" not in str(smart["encounter"])
-            else str(smart["encounter"])
+            "reference": f"Encounter/{launch.encounter}" if "/" not in launch.encounter else launch.encounter
         }
-    if smart.get("fhir_user"):
-        obs["performer"] = [{"reference": str(smart["fhir_user"])}]
+    if launch.fhir_user:
+        obs["performer"] = [{"reference": launch.fhir_user}]
     obs.update(fields)
     return obs
 
 
-def exam_observations(smart: dict[str, Any], form: dict[str, str], now: str) -> list[dict[str, Any]]:
-    """Observations for the recorded focused exam, coded as CLINICAL.md "Findings" reads them."""
+def exam_observations(launch: Launch, form: dict[str, str], now: str) -> list[dict[str, Any]]:
+    """Observations for the recorded focused exam, coded as the criteria read them."""
     out: list[dict[str, Any]] = []
     site_key, side = form.get("site", ""), form.get("side", "")
     body_site: dict[str, Any] | None = None
@@ -103,7 +101,10 @@ def exam_observations(smart: dict[str, Any], form: dict[str, str], now: str) -> 
     if nodule in ("yes", "no"):
         nodule_code = {"system": SNOMED, "code": "95325000", "display": "Subcutaneous nodule"}
         obs = _observation(
-            smart, nodule_code, now, valueCodeableConcept={"coding": [PRESENT if nodule == "yes" else ABSENT]}
+            launch,
+            nodule_code,
+            now,
+            valueCodeableConcept={"coding": [PRESENT if nodule == "yes" else ABSENT]},
         )
         if body_site and nodule == "yes":
             obs["bodySite"] = body_site
@@ -113,7 +114,7 @@ def exam_observations(smart: dict[str, Any], form: dict[str, str], now: str) -> 
                 if form.get(key) == "on":
                     out.append(
                         _observation(
-                            smart,
+                            launch,
                             {"system": FINDING_SYSTEM, "code": f"nodule-{key}", "display": label},
                             now,
                             valueBoolean=True,
@@ -122,7 +123,7 @@ def exam_observations(smart: dict[str, Any], form: dict[str, str], now: str) -> 
     reproduced = form.get("pain_reproduced", "")
     if reproduced in ("yes", "no"):
         obs = _observation(
-            smart,
+            launch,
             {
                 "system": FINDING_SYSTEM,
                 "code": "nodule-pain-reproduced",
@@ -139,7 +140,7 @@ def exam_observations(smart: dict[str, Any], form: dict[str, str], now: str) -> 
         for code, display in NEURO_CODES.values():
             out.append(
                 _observation(
-                    smart,
+                    launch,
                     {"system": SNOMED, "code": code, "display": display},
                     now,
                     valueCodeableConcept={"coding": [ABSENT]},
@@ -149,7 +150,7 @@ def exam_observations(smart: dict[str, Any], form: dict[str, str], now: str) -> 
         code, display = NEURO_CODES[form.get("neuro_kind") or "weakness"]
         out.append(
             _observation(
-                smart,
+                launch,
                 {"system": SNOMED, "code": code, "display": display},
                 now,
                 valueCodeableConcept={"coding": [PRESENT]},
@@ -163,7 +164,7 @@ def exam_observations(smart: dict[str, Any], form: dict[str, str], now: str) -> 
             "display": "Relief after diagnostic local anaesthetic injection",
         }
         quantity = {"value": int(relief), "unit": "%", "system": UCUM, "code": "%"}
-        out.append(_observation(smart, relief_code, now, valueQuantity=quantity))
+        out.append(_observation(launch, relief_code, now, valueQuantity=quantity))
     return out
 
 
@@ -205,31 +206,29 @@ def _transaction(resources: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _locations(response: dict[str, Any]) -> Iterator[str]:
     for entry in response.get("entry") or []:
-        loc = (entry.get("response") or {}).get("location") or ""
-        if loc:
-            parts = loc.split("/_history")[0].rstrip("/").split("/")
-            yield "/".join(parts[-2:])
+        rtype, rid, _ = fj.location_parts((entry.get("response") or {}).get("location"))
+        if rtype and rid:
+            yield f"{rtype}/{rid}"
 
 
 @bp.post("/exam")
 @launch_required
 def exam() -> BaseResponse:
     """Record the focused exam; write it when patient/Observation create is granted, else keep it here."""
-    smart = _smart()
+    launch = require_launch()
     try:
         form = _parse_exam_form()
     except ExamError as exc:
         flash(f"The exam was not recorded: {exc}", "error")
         return redirect(url_for("main.review", _anchor="exam"), code=303)
     now = datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-    observations = exam_observations(smart, form, now)
+    observations = exam_observations(launch, form, now)
     if not observations:
         flash("Nothing was recorded: every question was left as 'not examined'.", "warning")
         return redirect(url_for("main.review", _anchor="exam"), code=303)
-    if _scopes(smart).can_write("Observation"):
+    if launch.scopes.can_write("Observation"):
         try:
-            with _client(smart) as client:
-                response = client.transaction(_transaction(observations))
+            response = get_fhir().transaction(_transaction(observations))
         except FhirError as exc:
             reasons = "; ".join(exc.issues() or [exc.message])
             flash(f"The EHR did not accept the exam, so nothing was saved: {reasons}", "error")

@@ -30,13 +30,14 @@ from smart_app.smart.errors import (
     UnknownIssuer,
 )
 from smart_app.smart.idtoken import verify_id_token
+from smart_app.smart.launch import Launch, new_launch_id
 from smart_app.smart.logredact import install_log_redaction
 from smart_app.smart.registrations import Registration
 from smart_app.smart.token import exchange_code
 from smart_app.web.session import (
     PENDING_KEY,
-    SMART_KEY,
     app_keys,
+    begin_launch,
     discovery,
     http_session,
     http_timeout,
@@ -204,27 +205,27 @@ def _complete(reg: Registration, pending: PendingAuthorization, code: str) -> Re
     elif pending.nonce is not None and tokens.scope.has("openid"):
         raise IdTokenError(f"{reg.name} granted openid but sent no identity token.", ehr_name=reg.name)
     ctx = tokens.context
-    session.pop(SMART_KEY, None)
-    regenerate = getattr(current_app.session_interface, "regenerate", None)
-    if callable(regenerate):
-        regenerate(session)
-    session[SMART_KEY] = {
-        "iss": reg.iss,
-        "registration_id": reg.id,
-        "ehr_name": reg.name,
-        "fhir_base": reg.iss,
-        "patient": ctx.patient,
-        "encounter": ctx.encounter,
-        "fhir_user": fhir_user,
-        "need_patient_banner": ctx.need_patient_banner,
-        "smart_style_url": ctx.smart_style_url,
-        "fhir_context": [dict(item) for item in ctx.fhir_context],
-        "scope": str(tokens.scope),
-        "access_token": tokens.access_token,
-        "refresh_token": tokens.refresh_token,
-        "expires_at": tokens.expires_at,
-        "token_endpoint": pending.token_endpoint or config.token_endpoint,
-    }
+    assert ctx.patient is not None  # exchange_code(require_patient=True)
+    begin_launch(
+        Launch(
+            id=new_launch_id(),
+            registration_id=reg.id,
+            ehr_name=reg.name,
+            iss=reg.iss,
+            patient=ctx.patient,
+            access_token=tokens.access_token,
+            token_endpoint=pending.token_endpoint or config.token_endpoint,
+            scope=str(tokens.scope),
+            expires_at=tokens.expires_at,
+            refresh_token=tokens.refresh_token,
+            encounter=ctx.encounter,
+            fhir_user=fhir_user,
+            need_patient_banner=ctx.need_patient_banner,
+            smart_style_url=ctx.smart_style_url,
+            fhir_context=tuple(dict(item) for item in ctx.fhir_context),
+            ehr_launch=pending.ehr_launch,
+        )
+    )
     log.info("Launch with %s completed (%s launch)", reg.name, "EHR" if pending.ehr_launch else "standalone")
     audit_event(
         "launch",
@@ -249,5 +250,5 @@ def jwks() -> ResponseReturnValue:
 
 @bp.app_errorhandler(RelaunchRequired)
 def relaunch_required(error: RelaunchRequired) -> ResponseReturnValue:
-    """"Relaunch from the EHR": the access token ended and could not be renewed."""
+    """ "Relaunch from the EHR": the access token ended and could not be renewed."""
     return render_template("launch_relaunch.html", ehr_name=error.ehr_name), error.status

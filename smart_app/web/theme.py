@@ -8,9 +8,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
-from flask import Response, session
+from flask import Response
 
+from smart_app.smart.launch import Launch
 from smart_app.web.common import STYLE_KEY, _get, _set, bp
+from smart_app.web.session import current_launch
 
 # --- smart_style_url (SMART App Launch 2.x "Styling") -------------------------------------------------
 _HEX = re.compile(r"^#(?:[0-9a-fA-F]{3}|[0-9a-fA-F]{6})$")
@@ -66,14 +68,14 @@ def sanitise_style(raw: Any) -> dict[str, str]:
     return out
 
 
-def load_style(smart: dict[str, Any]) -> dict[str, str]:
+def load_style(launch: Launch) -> dict[str, str]:
     """Fetch ``smart_style_url`` once per launch, only from the issuer's own host; sanitised."""
     cached = _get(STYLE_KEY)
     if isinstance(cached, dict):
         return cached
     style: dict[str, str] = {}
-    url = smart.get("smart_style_url")
-    iss = smart.get("iss") or ""
+    url = launch.smart_style_url
+    iss = launch.iss
     if isinstance(url, str) and url:
         parts, iss_parts = urlsplit(url), urlsplit(str(iss))
         if parts.scheme in ("http", "https") and parts.hostname and parts.hostname == iss_parts.hostname:
@@ -90,7 +92,7 @@ def load_style(smart: dict[str, Any]) -> dict[str, str]:
 @bp.get("/theme.css")
 def theme_css() -> Response:
     """The EHR's styling as CSS custom properties (no inline style: CSP)."""
-    style = _get(STYLE_KEY) if isinstance(session.get("smart"), dict) else None
+    style = _get(STYLE_KEY) if current_launch() is not None else None
     style = style if isinstance(style, dict) else {}
     mapping = {
         "color_background": "--bg",

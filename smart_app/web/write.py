@@ -1,58 +1,41 @@
-"""Write-back of the reviewed drafts (issue 4): ``/writeback``, ``/draft.json`` and the outcome view
-(blueprint ``main``). Named ``write`` so it does not clash with ``smart_app.writeback``."""
+"""Write-back of the reviewed drafts: ``/writeback``, ``/draft.json`` and the outcome view (blueprint
+``main``). Named ``write`` so it does not clash with ``smart_app.writeback``, which it calls."""
 
 from __future__ import annotations
 
 import json
 import re
-from typing import Any, Literal
+from typing import Any
 
-from flask import Response, abort, current_app, flash, redirect, render_template, request, url_for
+from flask import Response, abort, flash, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response as BaseResponse
 
 from smart_app.auditlog import audit_event
+from smart_app.drafts.build import AssessmentAs
 from smart_app.fhir.errors import FhirError
-from smart_app.web.common import REVIEW_KEY, _client, _get, _scopes, _smart, bp
-from smart_app.web.session import launch_required
-from smart_app.writeback import InvalidDraft, WriteOutcome, write_drafts
+from smart_app.smart.launch import Launch
+from smart_app.smart.registrations import WritebackOptions
+from smart_app.web.common import REVIEW_KEY, _get, bp
+from smart_app.web.session import get_fhir, launch_registry, launch_required, require_launch
+from smart_app.writeback import InvalidDraft, Mode, WriteOutcome, write_drafts
 
 
-def _registration(smart: dict[str, Any]) -> Any | None:
-    """The EHR registration of this launch (``smart_app.smart.registrations``), when the app knows it."""
-    from smart_app.web.session import launch_registry
-
-    reg_id = smart.get("registration_id")
-    if not reg_id:
-        return None
-    return launch_registry(current_app).by_id(str(reg_id))
+def _writeback_options(launch: Launch) -> tuple[Mode, AssessmentAs]:
+    """(mode, assessment_as) from the launch's registration; transaction + ClinicalImpression by default."""
+    reg = launch_registry().by_id(launch.registration_id)
+    options = reg.writeback if reg is not None else WritebackOptions()
+    return options.mode, options.assessment_as
 
 
-AssessmentAs = Literal["ClinicalImpression", "DocumentReference"]
-
-
-def _writeback_options(smart: dict[str, Any]) -> tuple[str, AssessmentAs]:
-    """(mode, assessment_as) from the registration; transaction + ClinicalImpression by default."""
-    reg = _registration(smart)
-    options = getattr(reg, "writeback", None)
-    mode = str(getattr(options, "mode", "transaction") or "transaction")
-    as_doc = getattr(options, "assessment_as", "ClinicalImpression") == "DocumentReference"
-    assessment_as: AssessmentAs = "DocumentReference" if as_doc else "ClinicalImpression"
-    return mode, assessment_as
-
-
-def _mode(mode: str) -> Literal["transaction", "sequential"]:
-    return "sequential" if mode == "sequential" else "transaction"
-
-
-def _write_state(smart: dict[str, Any], cached: dict[str, Any]) -> dict[str, Any]:
-    """Whether the write button is offered, and if not, why (issue 4 item 4)."""
+def _write_state(launch: Launch, cached: dict[str, Any]) -> dict[str, Any]:
+    """Whether the write button is offered, and if not, why."""
     missing = list(cached.get("missing_write_scopes") or [])
     return {
         "has_draft": bool(cached.get("drafts")),
         "missing_scopes": missing,
         "unsaved_exam": bool(cached.get("unsaved_exam")),
         "can_write": bool(cached.get("drafts")) and not missing and not cached.get("unsaved_exam"),
-        "can_write_observation": _scopes(smart).can_write("Observation"),
+        "can_write_observation": launch.scopes.can_write("Observation"),
     }
 
 
@@ -88,14 +71,10 @@ def _resource_link(fhir_base: str, rtype: str, rid: str) -> str:
 @bp.post("/writeback")
 @launch_required
 def writeback() -> tuple[str, int] | BaseResponse:
-    """Write the reviewed draft as one transaction (issue 4 item 3); keep it for retry on failure."""
-    smart = _smart()
+    """Write the reviewed draft as one transaction; keep it for retry on failure."""
+    launch = require_launch()
     cached = _get(REVIEW_KEY)
-    if (
-        not isinstance(cached, dict)
-        or cached.get("patient_id") != smart.get("patient")
-        or not cached.get("drafts")
-    ):
+    if not isinstance(cached, dict) or cached.get("patient_id") != launch.patient or not cached.get("drafts"):
         flash("The review had expired, so it was read again. Check it, then write the draft.", "warning")
         return redirect(url_for("main.review"), code=303)
     if request.form.get("draft_digest") != cached.get("draft_digest"):
@@ -105,14 +84,13 @@ def writeback() -> tuple[str, int] | BaseResponse:
             "warning",
         )
         return redirect(url_for("main.review"), code=303)
-    state = _write_state(smart, cached)
+    state = _write_state(launch, cached)
     if not state["can_write"]:
-        return _result_page(None, state, smart, cached), 403
-    mode, _ = _writeback_options(smart)
+        return _result_page(None, state, launch, cached), 403
+    mode, _ = _writeback_options(launch)
     try:
-        with _client(smart) as client:
-            written = write_drafts(client, cached["drafts"], _mode(mode))
-            outcome = _outcome_view(written)
+        written = write_drafts(get_fhir(), cached["drafts"], mode)
+        outcome = _outcome_view(written)
         audit_event(
             "write",
             ids=[f"{w.resource_type}/{w.id}" for w in written.written if w.id],
@@ -129,7 +107,7 @@ def writeback() -> tuple[str, int] | BaseResponse:
     except FhirError as exc:
         audit_event("error", where="writeback", status=exc.status, error=type(exc).__name__)
         outcome = _nothing_written(mode, exc.issues() or [exc.message], status=exc.status)
-    return _result_page(outcome, state, smart, cached), 200 if outcome["ok"] else 502
+    return _result_page(outcome, state, launch, cached), 200 if outcome["ok"] else 502
 
 
 def _nothing_written(
@@ -149,15 +127,15 @@ def _nothing_written(
 
 
 def _result_page(
-    outcome: dict[str, Any] | None, state: dict[str, Any], smart: dict[str, Any], cached: dict[str, Any]
+    outcome: dict[str, Any] | None, state: dict[str, Any], launch: Launch, cached: dict[str, Any]
 ) -> str:
     """The write-back result (or the missing-scopes explanation when ``outcome`` is None)."""
     return render_template(
         "writeback_result.html",
         outcome=outcome,
         write=state,
-        smart=smart,
-        fhir_base=smart.get("fhir_base", ""),
+        launch=launch,
+        fhir_base=launch.fhir_base,
         draft_digest=cached.get("draft_digest"),
         link=_resource_link,
     )

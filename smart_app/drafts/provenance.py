@@ -1,10 +1,10 @@
-"""Provenance of the drafts (FHIR R4 provenance.html; clinical-evidence.md §4.3).
+"""Provenance of the drafts (FHIR R4 provenance.html; docs/auditors.md#provenance).
 
 One Provenance per write-back targets every drafted resource. ``agent``: the clinician from the launch's
 ``fhirUser`` as author when known, and the app Device as assembler (and as author when no user is known).
 ``entity``: every source resource of the assessment with role ``derivation``, as a version-specific
 reference (``Type/id/_history/v``) when the server gave ``meta.versionId``. ``reason`` AIAST and
-``activity`` CREATE follow HL7's AI Transparency on FHIR labelling (clinical-evidence.md §3.6).
+``activity`` CREATE follow HL7's AI Transparency on FHIR labelling.
 """
 
 from __future__ import annotations
@@ -12,20 +12,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-V3_OBSERVATION_VALUE = "http://terminology.hl7.org/CodeSystem/v3-ObservationValue"
-V3_DATA_OPERATION = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
-PARTICIPANT_TYPE = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
-AIAST: dict[str, str] = {
-    "system": V3_OBSERVATION_VALUE,
-    "code": "AIAST",
-    "display": "Artificial Intelligence asserted",
-}
+from smart_app.fhirjson import Ref
+from smart_app.vocabulary import AIAST, PROVENANCE_PARTICIPANT_TYPE, V3_DATA_OPERATION
 
 
 def versioned_reference(reference: str, version_id: str | None) -> str:
     """``Type/id/_history/v`` (R4 references.html#versions) when a version is known, else ``Type/id``."""
-    base = reference.split("/_history/", 1)[0]
-    return f"{base}/_history/{version_id}" if version_id else base
+    ref = Ref.parse(reference)
+    if ref is None:
+        return reference.split("/_history/", 1)[0]
+    return ref.versioned(version_id)
 
 
 def source_entities(sources: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -43,7 +39,7 @@ def source_entities(sources: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]
 
 def _agent(code: str, display: str, who: str) -> dict[str, Any]:
     return {
-        "type": {"coding": [{"system": PARTICIPANT_TYPE, "code": code, "display": display}]},
+        "type": {"coding": [{"system": PROVENANCE_PARTICIPANT_TYPE, "code": code, "display": display}]},
         "who": {"reference": who},
     }
 

@@ -1,30 +1,60 @@
-"""Pure rules of the criteria engine, each one function with one signature, collected in dicts.
+"""The rules of the criteria engine: pure functions with one signature, in one table.
 
-- ``FINDING_RULES[name](ctx, spec) -> FindingResult``: a finding of CLINICAL.md "Findings".
-- ``FLAG_RULES[name](ctx, spec) -> FlagResult | None``: a red flag of CLINICAL.md "Red flags".
-- ``OPERATORS[op](ctx, params) -> Outcome``: the conditions of "Classification" and the treatment ladder,
-  combined with ``all`` / ``any`` / ``not``.
-Each result carries the references that decided it and the reason in words, so the engine can explain.
+Every rule is ``rule(ctx, spec) -> Result``: it reads the :class:`Context` (the criteria, the facts, the
+record and what earlier stages concluded) and returns a result that carries its verdict, the references
+that decided it, the reason in words, and the records it looked at and set aside (``rejected``, for the
+assessment's ``ignored`` list). A rule never changes the context or the facts: the engine records what
+rules return (docs/architecture.md#clinical-core). The table :data:`OPERATORS` maps every name a
+criteria document uses (``rule`` of a finding or red flag, ``op`` of a condition) to its rule; the engine
+is handed the table. The reading rules are in docs/clinical-criteria.md#findings,
+docs/clinical-criteria.md#red-flags and docs/clinical-criteria.md#classification.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from smart_app.clinical import fhirjson as fj
+from smart_app import fhirjson as fj
 from smart_app.clinical.criteria import Criteria, CriteriaError
 from smart_app.clinical.facts import Fact, Facts
 from smart_app.clinical.record import PatientRecord
 
 PRESENT, ABSENT, UNKNOWN = "present", "absent", "unknown"
+Rejection = tuple[str, str]  # (reference, why it was set aside)
+
+
+class Rejections:
+    """The records one rule call set aside, in the order it met them (a rule's own output channel)."""
+
+    def __init__(self) -> None:
+        self.items: list[Rejection] = []
+
+    def add(self, fact: Fact, reason: str) -> None:
+        self.items.append((fact.ref, reason))
+
+    def extend(self, items: Iterable[Rejection]) -> None:
+        self.items.extend(items)
+
+    def __call__(self) -> tuple[Rejection, ...]:
+        return tuple(self.items)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Result:
+    """What every rule returns besides its verdict."""
+
+    rejected: tuple[Rejection, ...] = ()
+    #: References read to decide, whether or not they became evidence (e.g. the Patient's birth date).
+    consulted: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
-class FindingResult:
+class FindingResult(Result):
     status: str
     evidence: tuple[str, ...]
     reason: str
@@ -35,13 +65,19 @@ class FindingResult:
 
 
 @dataclass(frozen=True)
-class FlagResult:
+class FlagResult(Result):
+    """A red flag: raised when it has evidence."""
+
     id: str
     level: str
     title: str
     evidence: tuple[str, ...]
     reason: str
     source: str
+
+    @property
+    def raised(self) -> bool:
+        return bool(self.evidence)
 
 
 @dataclass(frozen=True)
@@ -51,35 +87,51 @@ class Pain:
 
 
 @dataclass(frozen=True)
-class Outcome:
+class PainResult(Result):
+    pain: Pain | None
+
+
+@dataclass(frozen=True)
+class Outcome(Result):
     value: bool
     detail: str
     evidence: tuple[str, ...] = ()
 
 
+Operator = Callable[["Context", Mapping[str, Any]], Result]
+
+
 @dataclass
 class Context:
-    """Everything a rule may read. Rules only add to ``rejected`` (fact-level reasons for ``ignored``)."""
+    """What a rule may read. The engine fills ``findings``, ``flags`` and ``pain`` stage by stage and
+    records what each rule returns (``rejected``, ``consulted``); rules only read."""
 
     criteria: Criteria
     facts: Facts
     record: PatientRecord
     as_of: datetime
+    operators: Mapping[str, Operator]
     findings: dict[str, FindingResult] = field(default_factory=dict)
     flags: list[FlagResult] = field(default_factory=list)
     pain: Pain | None = None
     rejected: dict[str, str] = field(default_factory=dict)
-    unknown_inputs: dict[str, str | None] = field(default_factory=dict)  # ladder input -> unread text
-    #: References a rule read to decide, whether or not it produced a result (e.g. the Patient whose
-    #: birthDate age-new-onset compared): they belong in ``sources`` like evidence does.
     consulted: set[str] = field(default_factory=set)
+    _unknown_inputs: dict[str, str | None] = field(default_factory=dict)  # memo: ladder input -> unread
 
     @property
     def data(self) -> Mapping[str, Any]:
         return self.criteria.data
 
-    def reject(self, fact: Fact, reason: str) -> None:
-        self.rejected.setdefault(fact.ref, reason)
+    def run(self, name: str, spec: Mapping[str, Any]) -> Result:
+        """Run the rule ``name`` of the operator table and record what it set aside and consulted."""
+        rule = self.operators.get(name)
+        if rule is None:
+            raise CriteriaError(f"unknown rule or operator {name!r}")
+        result = rule(self, spec)
+        for ref, reason in result.rejected:
+            self.rejected.setdefault(ref, reason)
+        self.consulted.update(result.consulted)
+        return result
 
     def within(self, fact: Fact, window: str) -> bool:
         days = self.criteria.window(window)
@@ -98,14 +150,16 @@ class Context:
         """Evaluate a condition. A false condition marked ``input`` whose sources could not be read is
         unknown; it stays false (the ladder never escalates on an unknown history) and says why."""
         op = cond.get("op")
-        if not isinstance(op, str) or op not in OPERATORS:
+        if not isinstance(op, str):
             raise CriteriaError(f"unknown operator {op!r}")
-        outcome = OPERATORS[op](self, cond)
+        outcome = self.run(op, cond)
+        if not isinstance(outcome, Outcome):
+            raise CriteriaError(f"{op!r} is not a condition operator")
         name = cond.get("input")
         if isinstance(name, str) and not outcome.value:
             why = self.input_unknown(name)
             if why:
-                return Outcome(False, f"{outcome.detail}, unknown: {why} not read", outcome.evidence)
+                return dataclasses.replace(outcome, detail=f"{outcome.detail}, unknown: {why} not read")
         return outcome
 
     # -- resource types that could not be read (PatientRecord.unavailable) ------------------------
@@ -128,15 +182,15 @@ class Context:
 
         Unknown: one of its source types could not be read and no record that was read shows it.
         """
-        if name not in self.unknown_inputs:
+        if name not in self._unknown_inputs:
             spec = self.dependencies.get("ladder", {}).get(name)
             if spec is None:
                 raise CriteriaError(f"ladder input {name!r} has no data_dependencies entry")
             unread = self.unread(spec["types"])
             positive = spec.get("positive")
             known = not unread or (positive is not None and self.evaluate(positive).value)
-            self.unknown_inputs[name] = None if known else self.unread_text(unread)
-        return self.unknown_inputs[name]
+            self._unknown_inputs[name] = None if known else self.unread_text(unread)
+        return self._unknown_inputs[name]
 
 
 # -- shared reading helpers ------------------------------------------------------------------------
@@ -201,7 +255,7 @@ def _describe(fact: Fact) -> str:
     return ", ".join(p for p in parts if p)
 
 
-def _usable_observations(ctx: Context, spec: Mapping[str, Any], window: str) -> list[Fact]:
+def _usable_observations(ctx: Context, spec: Mapping[str, Any], window: str, rej: Rejections) -> list[Fact]:
     out: list[Fact] = []
     for src in spec.get("observations", []):
         for fact in ctx.facts.of(src["valueset"], "Observation"):
@@ -211,11 +265,11 @@ def _usable_observations(ctx: Context, spec: Mapping[str, Any], window: str) -> 
             ):
                 continue  # e.g. Tenderness elsewhere: not about the nodule
             if fact.preliminary:
-                ctx.reject(fact, "status preliminary: listed, never decides")
+                rej.add(fact, "status preliminary: listed, never decides")
             elif ctx.outside(fact, window):
-                ctx.reject(fact, ctx.outside(fact, window) or "")
+                rej.add(fact, ctx.outside(fact, window) or "")
             elif fact.polarity is None:
-                ctx.reject(fact, f"says nothing: {fact.note}")
+                rej.add(fact, f"says nothing: {fact.note}")
             else:
                 out.append(fact)
     return out
@@ -244,24 +298,36 @@ def _conditions(ctx: Context, spec: Mapping[str, Any] | None) -> tuple[list[Fact
 
 
 # -- finding rules ---------------------------------------------------------------------------------
-FindingRule = Callable[[Context, Mapping[str, Any]], FindingResult]
+def setting_aside(
+    rule: Callable[[Context, Mapping[str, Any], Rejections], Result],
+) -> Operator:
+    """The table form of a rule that sets records aside: it gets its own :class:`Rejections` to fill, and
+    what it set aside travels back in its result."""
+
+    def run(ctx: Context, spec: Mapping[str, Any]) -> Result:
+        rej = Rejections()
+        result = rule(ctx, spec, rej)
+        return dataclasses.replace(result, rejected=(*rej(), *result.rejected))
+
+    run.__name__ = rule.__name__
+    run.__doc__ = rule.__doc__
+    return run
 
 
-def rule_exam(ctx: Context, spec: Mapping[str, Any]) -> FindingResult:
+@setting_aside
+def rule_exam(ctx: Context, spec: Mapping[str, Any], rej: Rejections) -> FindingResult:
     """Examination finding from Observations in the window and (optionally) Conditions.
 
     ``combine: newest`` — the newest deciding resource wins; ``any_present`` — newest per code, and the
     finding is present if any code is present (used for NEURO_DEFICIT, where any deficit matters).
     """
     window = spec.get("window", "exam")
-    observations = _usable_observations(ctx, spec, window)
+    observations = _usable_observations(ctx, spec, window, rej)
     cond_present, cond_unconfirmed, cond_resolved = _conditions(ctx, spec.get("conditions"))
     for fact in cond_unconfirmed:
-        ctx.reject(fact, f"verificationStatus {fact.verification}: supporting findings need confirmed")
+        rej.add(fact, f"verificationStatus {fact.verification}: supporting findings need confirmed")
     for fact in cond_resolved:
-        ctx.reject(fact, f"clinicalStatus {fact.clinical}")
-    for fact in cond_present:
-        fact.polarity = PRESENT
+        rej.add(fact, f"clinicalStatus {fact.clinical}")
     support = sorted(
         [f for f in observations if f.polarity == PRESENT] + cond_present,
         key=lambda f: (-f.sort_time.timestamp(), f.ref),
@@ -342,7 +408,8 @@ def rule_site_of(ctx: Context, spec: Mapping[str, Any]) -> FindingResult:
     return FindingResult(UNKNOWN, (), "the nodule's bodySite is not recorded")
 
 
-def rule_diagnosis(ctx: Context, spec: Mapping[str, Any]) -> FindingResult:
+@setting_aside
+def rule_diagnosis(ctx: Context, spec: Mapping[str, Any], rej: Rejections) -> FindingResult:
     """LBP: a counting Condition, or another finding present; else absent/unknown by Condition statuses."""
     present, unconfirmed, resolved = _conditions(ctx, spec["conditions"])
     if present:
@@ -358,11 +425,11 @@ def rule_diagnosis(ctx: Context, spec: Mapping[str, Any]) -> FindingResult:
     if other and ctx.findings.get(other, FindingResult(UNKNOWN, (), "")).status == PRESENT:
         via = ctx.findings[other]
         for fact in unconfirmed + resolved:
-            ctx.reject(fact, "not counted: " + _describe(fact))
+            rej.add(fact, "not counted: " + _describe(fact))
         return FindingResult(PRESENT, via.evidence, f"{other} present: {via.reason}", via.deciding)
     if unconfirmed:
         for fact in resolved:
-            ctx.reject(fact, f"clinicalStatus {fact.clinical}")
+            rej.add(fact, f"clinicalStatus {fact.clinical}")
         return FindingResult(
             UNKNOWN,
             _sorted_refs(unconfirmed),
@@ -379,7 +446,8 @@ def rule_diagnosis(ctx: Context, spec: Mapping[str, Any]) -> FindingResult:
     return FindingResult(ABSENT, (), "no low back pain Condition recorded")
 
 
-def rule_relief(ctx: Context, spec: Mapping[str, Any]) -> FindingResult:
+@setting_aside
+def rule_relief(ctx: Context, spec: Mapping[str, Any], rej: Rejections) -> FindingResult:
     """INJECTION_RELIEF: newest relief Observation, ≥ threshold % or a 'relief' answer code."""
     threshold = ctx.criteria.threshold(spec["threshold"])
     yes = {(a["system"], a["code"]) for a in spec["present_answers"]}
@@ -389,17 +457,16 @@ def rule_relief(ctx: Context, spec: Mapping[str, Any]) -> FindingResult:
     for src in spec["observations"]:
         for fact in ctx.facts.of(src["valueset"], "Observation"):
             if fact.preliminary:
-                ctx.reject(fact, "status preliminary: listed, never decides")
+                rej.add(fact, "status preliminary: listed, never decides")
                 continue
             if ctx.outside(fact, window):
-                ctx.reject(fact, ctx.outside(fact, window) or "")
+                rej.add(fact, ctx.outside(fact, window) or "")
                 continue
             verdict, detail = _relief_value(fact.element, threshold, yes, no)
             if verdict is None:
-                ctx.reject(fact, detail)
+                rej.add(fact, detail)
                 continue
-            fact.polarity, fact.note = verdict, detail
-            usable.append(fact)
+            usable.append(dataclasses.replace(fact, polarity=verdict, note=detail))
     if not usable:
         return FindingResult(UNKNOWN, (), _unknown_reason(ctx, spec))
     verdict, top = _newest(usable)
@@ -445,19 +512,14 @@ def _relief_value(
     return None, "no relief value"
 
 
-FINDING_RULES: dict[str, FindingRule] = {
-    "exam": rule_exam,
-    "site_of": rule_site_of,
-    "diagnosis": rule_diagnosis,
-    "relief": rule_relief,
-}
-
-
 # -- red flags -------------------------------------------------------------------------------------
-FlagRule = Callable[[Context, Mapping[str, Any]], "FlagResult | None"]
+def not_raised(spec: Mapping[str, Any], **result: Any) -> FlagResult:
+    """The result of a flag rule whose flag is not raised."""
+    return FlagResult(spec["id"], spec["level"], spec["title"], (), "", spec.get("source", ""), **result)
 
 
-def flag_coded(ctx: Context, spec: Mapping[str, Any]) -> FlagResult | None:
+@setting_aside
+def flag_coded(ctx: Context, spec: Mapping[str, Any], rej: Rejections) -> FlagResult:
     """History-type flags count at any age and any clinical status; state-type ones only when current.
 
     Conditions: any verification except the dropped ones (safety first). State-type: clinicalStatus
@@ -477,19 +539,19 @@ def flag_coded(ctx: Context, spec: Mapping[str, Any]) -> FlagResult | None:
             if recent is not None and recent.last >= ctx.as_of - timedelta(days=days):
                 counted.append(fact)
             else:
-                ctx.reject(
+                rej.add(
                     fact, f"no clinicalStatus and onset/recordedDate not within {days} days (state-type flag)"
                 )
         else:
-            ctx.reject(fact, f"clinicalStatus {fact.clinical} (state-type flag counts only when current)")
+            rej.add(fact, f"clinicalStatus {fact.clinical} (state-type flag counts only when current)")
     groups: dict[str, list[Fact]] = {}
     for fact in ctx.facts.of(spec["valueset"], "Observation"):
         if fact.preliminary:
-            ctx.reject(fact, "status preliminary: listed, never decides")
+            rej.add(fact, "status preliminary: listed, never decides")
         elif fact.polarity is None:
-            ctx.reject(fact, f"says nothing: {fact.note}")
+            rej.add(fact, f"says nothing: {fact.note}")
         elif not history and ctx.outside(fact, window):
-            ctx.reject(fact, ctx.outside(fact, window, "state-type red-flag") or "")
+            rej.add(fact, ctx.outside(fact, window, "state-type red-flag") or "")
         else:
             groups.setdefault(fact.code_key, []).append(fact)
     for _, group in sorted(groups.items()):
@@ -500,7 +562,7 @@ def flag_coded(ctx: Context, spec: Mapping[str, Any]) -> FlagResult | None:
         if verdict in (PRESENT, "conflict"):  # a same-time conflict counts: safety first
             counted.extend(f for f in top if f.polarity == PRESENT)
     if not counted:
-        return None
+        return not_raised(spec)
     counted.sort(key=lambda f: (-f.sort_time.timestamp(), f.ref))
     reason = _describe(counted[0])
     if len(counted) > 1:
@@ -517,16 +579,16 @@ def _recorded(fact: Fact) -> fj.When | None:
         return None
 
 
-def flag_age_new_onset(ctx: Context, spec: Mapping[str, Any]) -> FlagResult | None:
+def flag_age_new_onset(ctx: Context, spec: Mapping[str, Any]) -> FlagResult:
     """Age < 20 or > 50 at the evaluation time with a counting LBP Condition whose onset is recent."""
     born = fj.parse_date(ctx.record.patient.get("birthDate"))
     if born is None:
-        return None
-    ctx.consulted.add(ctx.record.patient_reference)  # the birth date decides, flag or no flag
+        return not_raised(spec)
+    consulted = (ctx.record.patient_reference,)  # the birth date decides, flag or no flag
     age = _age(born, ctx.as_of.date())
     limits = ctx.data["age_years"]
     if not (age < limits["below"] or age > limits["above"]):
-        return None
+        return not_raised(spec, consulted=consulted)
     lbp = ctx.findings.get(spec["finding"])
     days = ctx.criteria.window("onset")
     for fact in sorted(lbp.support if lbp else (), key=lambda f: f.ref):
@@ -542,19 +604,16 @@ def flag_age_new_onset(ctx: Context, spec: Mapping[str, Any]) -> FlagResult | No
                 tuple(sorted((ctx.record.patient_reference, fact.ref))),
                 reason,
                 spec.get("source", ""),
+                consulted=consulted,
             )
-    return None
+    return not_raised(spec, consulted=consulted)
 
 
 def _age(born: date, on: date) -> int:
     return on.year - born.year - ((on.month, on.day) < (born.month, born.day))
 
 
-FLAG_RULES: dict[str, FlagRule] = {"coded": flag_coded, "age_new_onset": flag_age_new_onset}
-
-
 # -- classification / ladder operators -------------------------------------------------------------
-Operator = Callable[[Context, Mapping[str, Any]], Outcome]
 
 
 def op_all(ctx: Context, p: Mapping[str, Any]) -> Outcome:
@@ -614,30 +673,32 @@ def op_latest_pain(ctx: Context, p: Mapping[str, Any]) -> Outcome:
     )
 
 
-def _completed(ctx: Context, p: Mapping[str, Any]) -> list[Fact]:
+def _completed(ctx: Context, p: Mapping[str, Any], rej: Rejections) -> list[Fact]:
     done = set(ctx.data["reading"]["procedure_status_done"])
     out = []
     for fact in ctx.facts.of(p["valueset"], "Procedure"):
         if fact.status not in done:
-            ctx.reject(fact, f"status {fact.status or 'missing'}")
+            rej.add(fact, f"status {fact.status or 'missing'}")
         elif p.get("dated") and fact.when is None:
-            ctx.reject(fact, "no performed time: cannot be ordered against the pain score")
+            rej.add(fact, "no performed time: cannot be ordered against the pain score")
         else:
             out.append(fact)
     return out
 
 
-def op_procedures_completed(ctx: Context, p: Mapping[str, Any]) -> Outcome:
+@setting_aside
+def op_procedures_completed(ctx: Context, p: Mapping[str, Any], rej: Rejections) -> Outcome:
     need = ctx.criteria.threshold(p["at_least"])
-    done = _completed(ctx, p)
+    done = _completed(ctx, p, rej)
     name = done[0].label if done else p["valueset"].rsplit("/", 1)[-1]
     ok = len(done) >= need
     return Outcome(ok, f"{len(done)} completed {name} (need {need:g})", _sorted_refs(done) if ok else ())
 
 
-def op_pain_after_last_procedure(ctx: Context, p: Mapping[str, Any]) -> Outcome:
+@setting_aside
+def op_pain_after_last_procedure(ctx: Context, p: Mapping[str, Any], rej: Rejections) -> Outcome:
     limit = ctx.criteria.threshold(p["at_least"])
-    done = [f for f in _completed(ctx, {**p, "dated": True}) if f.when is not None]
+    done = [f for f in _completed(ctx, {**p, "dated": True}, rej) if f.when is not None]
     if not done or ctx.pain is None or ctx.pain.fact.when is None:
         return Outcome(False, "no pain score after the last procedure")
     last = max(done, key=lambda f: (f.sort_time, f.ref))
@@ -652,7 +713,8 @@ def op_pain_after_last_procedure(ctx: Context, p: Mapping[str, Any]) -> Outcome:
     )
 
 
-def op_medication_taken(ctx: Context, p: Mapping[str, Any]) -> Outcome:
+@setting_aside
+def op_medication_taken(ctx: Context, p: Mapping[str, Any], rej: Rejections) -> Outcome:
     statuses: Mapping[str, Sequence[str]] = p["statuses"]
     hits: list[Fact] = []
     for rtype, allowed in sorted(statuses.items()):
@@ -660,7 +722,7 @@ def op_medication_taken(ctx: Context, p: Mapping[str, Any]) -> Outcome:
             if fact.status in allowed:
                 hits.append(fact)
             else:
-                ctx.reject(fact, f"status {fact.status or 'missing'}")
+                rej.add(fact, f"status {fact.status or 'missing'}")
     return Outcome(
         bool(hits), f"{len(hits)} NSAID record(s)" if hits else "no NSAID record", _sorted_refs(hits)
     )
@@ -679,50 +741,33 @@ def _ev(parts: Iterable[Outcome]) -> tuple[str, ...]:
     return tuple(sorted({r for o in parts for r in o.evidence}))
 
 
-OPERATORS: dict[str, Operator] = {
-    "all": op_all,
-    "any": op_any,
-    "not": op_not,
-    "always": op_always,
-    "ref": op_ref,
-    "finding": op_finding,
-    "any_flag": op_any_flag,
-    "no_latest_pain": op_no_latest_pain,
-    "latest_pain": op_latest_pain,
-    "procedures_completed": op_procedures_completed,
-    "pain_after_last_procedure": op_pain_after_last_procedure,
-    "medication_taken": op_medication_taken,
-    "condition_recorded": op_condition_recorded,
-}
-
-
-# -- pain score (CLINICAL.md "Treatment ladder") ---------------------------------------------------
-def latest_pain(ctx: Context) -> Pain | None:
+# -- pain score (docs/clinical-criteria.md#treatment-ladder) ---------------------------------------
+@setting_aside
+def rule_pain_score(ctx: Context, spec: Mapping[str, Any], rej: Rejections) -> PainResult:
     """Newest valid 0–10 pain score within the pain window; equal-time different scores → none (conflict)."""
-    spec = ctx.data["pain"]
     window = spec["window"]
     valid: list[tuple[Fact, float]] = []
     for fact in ctx.facts.of(spec["valueset"], "Observation"):
         if fact.preliminary:
-            ctx.reject(fact, "status preliminary: listed, never decides")
+            rej.add(fact, "status preliminary: listed, never decides")
             continue
         score, problem = pain_score(ctx, fact.element, spec)
         if score is None:
-            ctx.reject(fact, problem)
+            rej.add(fact, problem)
         elif ctx.outside(fact, window):
-            ctx.reject(fact, ctx.outside(fact, window) or "")
+            rej.add(fact, ctx.outside(fact, window) or "")
         else:
             valid.append((fact, score))
     if not valid:
-        return None
+        return PainResult(None)
     top_time = max(f.sort_time for f, _ in valid)
     top = sorted(((f, s) for f, s in valid if f.sort_time == top_time), key=lambda fs: fs[0].ref)
     if len({s for _, s in top}) > 1:
         scores = ", ".join(f"{f.ref} {s:g}" for f, s in top)
         for f, _ in top:
-            ctx.reject(f, f"conflicting pain scores at the same time ({scores})")
-        return None
-    return Pain(score=top[0][1], fact=top[0][0])
+            rej.add(f, f"conflicting pain scores at the same time ({scores})")
+        return PainResult(None)
+    return PainResult(Pain(score=top[0][1], fact=top[0][0]))
 
 
 def pain_score(ctx: Context, element: Mapping[str, Any], spec: Mapping[str, Any]) -> tuple[float | None, str]:
@@ -755,3 +800,32 @@ def pain_score(ctx: Context, element: Mapping[str, Any], spec: Mapping[str, Any]
     if not spec["min"] <= value <= spec["max"]:
         return None, f"malformed: pain score {value:g} outside {spec['min']}-{spec['max']}"
     return float(value), ""
+
+
+#: Every rule and operator a criteria document may name, by name: one signature, one table.
+OPERATORS: Mapping[str, Operator] = {
+    # findings
+    "exam": rule_exam,
+    "site_of": rule_site_of,
+    "diagnosis": rule_diagnosis,
+    "relief": rule_relief,
+    # red flags
+    "coded": flag_coded,
+    "age_new_onset": flag_age_new_onset,
+    # the pain score of the treatment ladder
+    "pain_score": rule_pain_score,
+    # conditions of the classification and the ladder
+    "all": op_all,
+    "any": op_any,
+    "not": op_not,
+    "always": op_always,
+    "ref": op_ref,
+    "finding": op_finding,
+    "any_flag": op_any_flag,
+    "no_latest_pain": op_no_latest_pain,
+    "latest_pain": op_latest_pain,
+    "procedures_completed": op_procedures_completed,
+    "pain_after_last_procedure": op_pain_after_last_procedure,
+    "medication_taken": op_medication_taken,
+    "condition_recorded": op_condition_recorded,
+}

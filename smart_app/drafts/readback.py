@@ -1,5 +1,6 @@
-"""The conclusion of a write in comparable form, read back from the written resources or taken from a
-recomputed Assessment JSON (issue 6 §2: classification, next step, red flags, suggestion).
+"""The written format read back: the conclusion of a write in comparable form, from the written resources,
+or taken from a recomputed Assessment JSON (classification, next step, red flags, suggestion), for
+``audit verify`` (docs/auditors.md#verify).
 
 Written side: the classification is a coding of the back-mice-classification CodeSystem on
 ``ClinicalImpression.finding.itemCodeableConcept`` (a DocumentReference: the back-mice-classification
@@ -7,7 +8,7 @@ extension; codings in ``type``/``category``/``context.event`` are read too), the
 back-mice-next-step extension's ``valueCoding``. Writes made before the conclusion was coded are read
 from the narrative sentence "Classification: …; next step: …." instead, field by field. Red flags are
 the DetectedIssues' codes in the red-flag CodeSystem with their severity; the suggestion is the
-ServiceRequest's codes and body site (clinical-evidence §4.1, §4.2, §4.5).
+ServiceRequest's codes and body site. :mod:`smart_app.drafts.build` writes what this module reads.
 """
 
 from __future__ import annotations
@@ -17,44 +18,23 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from smart_app.audit.model import (
+from smart_app.fhirjson import coding_items as _codings
+from smart_app.vocabulary import (
     CLASSIFICATION_EXTENSION,
     CLASSIFICATION_SYSTEM,
+    LEVEL_OF_SEVERITY,
     NEXT_STEP_EXTENSION,
     NEXT_STEP_SYSTEM,
     RED_FLAG_SYSTEM,
+    classifications,
+    next_steps,
 )
 
-CLASSIFICATIONS = frozenset(
-    {"red-flags", "not-consistent", "unlikely", "confirmed", "probable", "possible", "insufficient-data"}
-)
-NEXT_STEPS = frozenset(
-    {
-        "urgent-work-up",
-        "work-up",
-        "none",
-        "focused-exam",
-        "diagnostic-injection",
-        "conservative-care",
-        "therapeutic-injection",
-        "surgical-referral",
-    }
-)
-_SEVERITY_LEVEL = {"high": "block", "moderate": "warn", "low": "warn"}
 #: field -> (CodeSystem, extension url) that carry it (fhir_profiles/README.md, "The conclusion, coded").
 _CODED = {
     "classification": (CLASSIFICATION_SYSTEM, CLASSIFICATION_EXTENSION),
     "next_step": (NEXT_STEP_SYSTEM, NEXT_STEP_EXTENSION),
 }
-
-
-def _codings(concept: Any) -> Iterator[dict[str, Any]]:
-    items = concept if isinstance(concept, list) else [concept]
-    for item in items:
-        if isinstance(item, dict):
-            for coding in item.get("coding") or []:
-                if isinstance(coding, dict):
-                    yield coding
 
 
 def _token(coding: dict[str, Any]) -> str:
@@ -111,14 +91,14 @@ _TAG = re.compile(r"<[^>]*>")
 
 def narrative_values(resource: dict[str, Any]) -> dict[str, str | None]:
     """The generated narrative's sentence "Classification: <code>; next step: <code>."
-    (smart_app.clinical.drafting), for writes made before the conclusion was coded."""
+    (:mod:`smart_app.drafts.build`), for writes made before the conclusion was coded."""
     div = (resource.get("text") or {}).get("div")
     m = _NARRATIVE.search(html.unescape(_TAG.sub(" ", div))) if isinstance(div, str) else None
     if m is None:
         return {"classification": None, "next_step": None}
     return {
-        "classification": m.group(1) if m.group(1) in CLASSIFICATIONS else None,
-        "next_step": m.group(2) if m.group(2) in NEXT_STEPS else None,
+        "classification": m.group(1) if m.group(1) in classifications() else None,
+        "next_step": m.group(2) if m.group(2) in next_steps() else None,
     }
 
 
@@ -171,7 +151,7 @@ def written_conclusion(resources: list[dict[str, Any]], notes: list[str] | None 
     for res in resources[1:]:
         rtype = res.get("resourceType")
         if rtype == "DetectedIssue":
-            level = _SEVERITY_LEVEL.get(str(res.get("severity")), str(res.get("severity")))
+            level = LEVEL_OF_SEVERITY.get(str(res.get("severity")), str(res.get("severity")))
             for coding in _codings(res.get("code")):
                 if coding.get("system") == RED_FLAG_SYSTEM and coding.get("code"):
                     flags.append(f"{_strip(str(coding['code']), ('red-flag-',))}:{level}")
@@ -186,8 +166,8 @@ def written_conclusion(resources: list[dict[str, Any]], notes: list[str] | None 
 
 
 def recomputed_conclusion(assessment: dict[str, Any]) -> dict[str, Any]:
-    """The same fields from an Assessment JSON (CONTRACT.md, smart_app.clinical). A BLOCK red flag
-    withholds the suggestion (CLINICAL.md "Red flags"), as the drafts do."""
+    """The same fields from an Assessment JSON (:mod:`smart_app.clinical`). A BLOCK red flag withholds the
+    suggestion (docs/clinical-criteria.md#red-flags), as the drafts do."""
     suggestion = assessment.get("procedure_suggestion")
     blocked = any(f.get("level") == "block" for f in assessment.get("red_flags") or [] if isinstance(f, dict))
     comparable: dict[str, Any] | None = None

@@ -1,18 +1,33 @@
-"""Typed accessors over plain FHIR R4 JSON dicts (no models, no FHIRPath).
+"""The one set of accessors over plain FHIR R4 JSON (no models, no FHIRPath), usable by every layer.
+
+- Decoding: :func:`decode_json` is the only way the app turns outside bytes into Python (size cap, depth
+  guard, the collector paused), for discovery, token, JWKS, FHIR, style and CDS payloads alike.
+- Elements: concepts and codings, values, dates as intervals (R4 Datatypes: date, dateTime, instant),
+  references (R4 references.html, literal references, relative or absolute, versioned or not), and the
+  id and version a server gives in ``Location`` and ``ETag`` (R4 http.html#create, #versioning).
 
 Every accessor tolerates malformed input: a wrong type yields ``None`` or an empty result, never an
-exception. The read rules follow CLINICAL.md "Reading the record" and clinical-evidence.md §5.
+exception. The clinical read rules built on them are in docs/clinical-criteria.md#reading-the-record.
 """
 
 from __future__ import annotations
 
+import gc
 import re
+import threading
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
 
 JSON = Mapping[str, Any]
+#: FHIR R4 datatypes.html#id, and the resource type names of resourcelist.html.
+ID_RE = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+TYPE_RE = re.compile(r"[A-Z][A-Za-z]{1,63}")
 
 _ONE_US = timedelta(microseconds=1)
 _DATE_RE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?$")
@@ -110,6 +125,16 @@ def codings(concept: object) -> Iterator[tuple[str, str]]:
             system, code = c.get("system"), c.get("code")
             if isinstance(system, str) and isinstance(code, str) and code:
                 yield system, code
+
+
+def coding_items(concepts: object) -> Iterator[dict[str, Any]]:
+    """Every Coding object of a CodeableConcept, or of a list of them, as written (any shape of
+    ``system``/``code``; callers decide what a malformed one means)."""
+    for cc in concepts if isinstance(concepts, list) else [concepts]:
+        if isinstance(cc, dict):
+            for c in as_list(cc.get("coding")):
+                if isinstance(c, dict):
+                    yield c
 
 
 def coding_display(concept: object, system: str, code: str) -> str | None:
@@ -245,3 +270,182 @@ def body_sites(resource: JSON) -> list[dict[str, Any]]:
     if isinstance(raw, dict):
         return [raw]
     return [s for s in as_list(raw) if isinstance(s, dict)]
+
+
+# -- references ------------------------------------------------------------------------------------
+
+_REFERENCE = re.compile(
+    r"^(?:(?P<base>.*)/)?(?P<type>[A-Z][A-Za-z]{1,63})/(?P<id>[A-Za-z0-9\-.]{1,64})"
+    r"(?:/_history/(?P<version>[A-Za-z0-9\-.]{1,64}))?/?$"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Ref:
+    """A literal reference ``[base/]Type/id[/_history/vid]`` (R4 references.html#literal), parsed.
+
+    ``base`` is the absolute service base of an absolute reference (``https://ehr.example/fhir``), else
+    ``None``. Contained (``#id``), ``urn:`` and logical references do not parse.
+    """
+
+    type: str
+    id: str
+    version: str | None = None
+    base: str | None = None
+
+    @classmethod
+    def parse(cls, reference: object) -> Ref | None:
+        if not isinstance(reference, str) or not reference or reference.startswith(("#", "urn:")):
+            return None
+        m = _REFERENCE.match(reference.strip())
+        if m is None:
+            return None
+        base = m.group("base")
+        if base is not None and "://" not in base:
+            return None  # a relative path with more segments is not a literal reference
+        return cls(m.group("type"), m.group("id"), m.group("version"), base.rstrip("/") if base else None)
+
+    @property
+    def plain(self) -> str:
+        """``Type/id``: the reference without base or version."""
+        return f"{self.type}/{self.id}"
+
+    def versioned(self, version: str | None) -> str:
+        """``Type/id/_history/v`` (R4 references.html#versions) when a version is given, else ``Type/id``."""
+        return f"{self.plain}/_history/{version}" if version else self.plain
+
+    def __str__(self) -> str:
+        return self.versioned(self.version)
+
+
+def reference_of(element: object) -> str | None:
+    """``element.reference`` of a Reference datatype, when it is a string."""
+    ref = as_dict(element)
+    return as_str(ref.get("reference")) if ref else None
+
+
+def same_base(a: str, b: str) -> bool:
+    """Whether two service base URLs name the same server and path (scheme and host case-insensitive,
+    default ports implied, trailing slash ignored)."""
+    return _base_key(a) == _base_key(b)
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _base_key(url: str) -> tuple[str, str, int | None, str]:
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return ("", url, None, "")
+    scheme = parts.scheme.lower()
+    return (
+        scheme,
+        (parts.hostname or "").lower(),
+        port or _DEFAULT_PORTS.get(scheme),
+        parts.path.rstrip("/"),
+    )
+
+
+def location_parts(
+    location: object, resource_type: str | None = None
+) -> tuple[str | None, str | None, str | None]:
+    """``(type, id, version)`` named by a ``Location``/``Content-Location`` header or a transaction
+    response's ``location`` (R4 http.html#create: ``[base]/[type]/[id]/_history/[vid]``, absolute or
+    relative, on any base: proxies rewrite it). With ``resource_type`` the last segment of that type is
+    used. ``(None, None, None)`` when nothing usable is there."""
+    if not isinstance(location, str) or not location.strip():
+        return None, None, None
+    try:
+        path = urlsplit(location.strip()).path
+    except ValueError:
+        return None, None, None
+    segments = [s for s in path.split("/") if s]
+    indices = [
+        i
+        for i, s in enumerate(segments)
+        if (s == resource_type if resource_type else TYPE_RE.fullmatch(s) and s != "_history")
+    ]
+    for index in reversed(indices):
+        rest = segments[index + 1 :]
+        if not rest or not ID_RE.fullmatch(rest[0]):
+            continue
+        version = rest[2] if len(rest) >= 3 and rest[1] == "_history" and ID_RE.fullmatch(rest[2]) else None
+        return segments[index], rest[0], version
+    return None, None, None
+
+
+def etag_version(etag: object) -> str | None:
+    """The version in an ``ETag`` (R4 http.html#versioning: ``W/"3"``), any id-shaped value."""
+    if not isinstance(etag, str):
+        return None
+    value = etag.strip()
+    if value.startswith("W/"):
+        value = value[2:]
+    value = value.strip('"')
+    return value if value and ID_RE.fullmatch(value) else None
+
+
+# -- decoding ----------------------------------------------------------------------------------------
+
+
+class JsonInputError(ValueError):
+    """Bytes from outside that are not usable JSON: too large, too deep, or not JSON. ``reason`` is one
+    line, safe to show and to log (it never quotes the input)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+#: orjson refuses documents nested deeper than this (its fixed depth limit); FHIR resources need far less.
+MAX_DEPTH = 1024
+
+
+class _GcPause:
+    """Pause the cyclic garbage collector while decoding large JSON: the collector, not parsing,
+    dominates decode cost. Re-entrant across threads: the collector is re-enabled when the last
+    decoder finishes, and only if it was enabled before."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._was_enabled = False
+
+    @contextmanager
+    def __call__(self) -> Iterator[None]:
+        with self._lock:
+            if self._depth == 0:
+                self._was_enabled = gc.isenabled()
+                gc.disable()
+            self._depth += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._depth -= 1
+                if self._depth == 0 and self._was_enabled:
+                    gc.enable()
+
+
+#: The one collector pause of the app (decode, assessment).
+gc_paused = _GcPause()
+
+
+def decode_json(data: bytes | bytearray | memoryview | str, *, max_bytes: int | None = None) -> Any:
+    """Decode JSON from outside the app, with the collector paused.
+
+    Raises :class:`JsonInputError` when the input is larger than ``max_bytes``, nested deeper than
+    :data:`MAX_DEPTH`, or not JSON; never ``RecursionError`` or a parser's own exception.
+    """
+    size = len(data)
+    if max_bytes is not None and size > max_bytes:
+        raise JsonInputError(f"larger than the {max_bytes:,}-byte limit")
+    with gc_paused():
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            if "depth" in str(exc).lower() or "recursion" in str(exc).lower():
+                raise JsonInputError(f"nested deeper than {MAX_DEPTH} levels") from None
+            raise JsonInputError("not valid JSON") from None

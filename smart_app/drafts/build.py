@@ -1,29 +1,28 @@
-"""Drafts written back to the EHR, as one FHIR R4 transaction Bundle (DESIGN.md "What is written";
-clinical-evidence.md §4).
+"""The drafts written back to the EHR, as one FHIR R4 transaction Bundle
+(docs/auditors.md#what-a-write-looks-like).
 
-From an assessment (``Assessment.to_json()``, CONTRACT.md) this builds: the app Device (conditional
-create on its identifier), the assessment as a ClinicalImpression (status ``in-progress``) or, per EHR
-registration, a DocumentReference (docStatus ``preliminary``), a ServiceRequest (status ``draft``,
-intent ``proposal``) only when there is a procedure suggestion, one DetectedIssue per red flag, and a
-Provenance targeting all drafts (see :mod:`smart_app.clinical.provenance`).
+From an assessment (``Assessment.to_json()``, docs/clinical-criteria.md#the-assessment) this builds: the app
+Device (conditional create on its identifier), the assessment as a ClinicalImpression (status
+``in-progress``) or, per EHR registration, a DocumentReference (docStatus ``preliminary``), a ServiceRequest
+(status ``draft``, intent ``proposal``) only when there is a procedure suggestion, one DetectedIssue per red
+flag, and a Provenance targeting all drafts (:mod:`smart_app.drafts.provenance`).
 
-The conclusion is machine-readable (CLINICAL.md "Classification"): the ClinicalImpression's
-``finding[0].itemCodeableConcept`` has a coding of :data:`CLASSIFICATION_SYSTEM` (its text stays the
-headline) and the :data:`NEXT_STEP_EXTENSION` extension a ``valueCoding`` of :data:`NEXT_STEP_SYSTEM`; a
-DocumentReference carries both as extensions (:data:`CLASSIFICATION_EXTENSION`, :data:`NEXT_STEP_EXTENSION`;
-fhir_profiles/README.md). The narrative sentence "Classification: …; next step: …." stays for readers.
+The conclusion is machine-readable: the ClinicalImpression's ``finding[0].itemCodeableConcept`` has a coding
+of the classification CodeSystem (its text stays the headline) and the next-step extension a
+``valueCoding`` of the next-step CodeSystem; a DocumentReference carries both as extensions
+(fhir_profiles/README.md). The narrative sentence "Classification: …; next step: …." stays for readers.
 Resource types the app could not read (the assessment's ``unavailable``) are on the assessment as
-:data:`UNAVAILABLE_EXTENSION` complex extensions (``resourceType`` valueCode, ``reason`` valueString) and
-named in its narrative, so an auditor re-runs the criteria with the same unknowns.
+unavailable-data complex extensions (``resourceType`` valueCode, ``reason`` valueString) and named in its
+narrative, so an auditor re-runs the criteria with the same unknowns. :mod:`smart_app.drafts.readback`
+reads all of this back.
 
-Every draft carries ``meta.profile`` (fhir_profiles/package), ``meta.security`` AIAST, the workflow tag
+Every draft carries ``meta.profile`` (the app's FHIR package), ``meta.security`` AIAST, the workflow tag
 ``draft-requires-review``, a generated narrative that begins with :data:`DRAFT_BANNER`, and an identifier
 derived from patient, criteria URL|version, the draft's role, the versioned sources and (only when there
-are some) the unread resource types with their reasons, used in
-``request.ifNoneExist`` (R4 http.html#ccreate) so a retry never duplicates. R4 Provenance has no
-identifier, so its key goes in a ``meta.tag`` of the identifier system and ``ifNoneExist`` searches
-``_tag``. fullUrls are ``urn:uuid`` values derived from the identifier, so the Bundle is reproducible
-apart from ``Provenance.recorded``.
+are some) the unread resource types with their reasons, used in ``request.ifNoneExist`` (R4
+http.html#ccreate) so a retry never duplicates. R4 Provenance has no identifier, so its key goes in a
+``meta.tag`` of the identifier system and ``ifNoneExist`` searches ``_tag``. fullUrls are ``urn:uuid``
+values derived from the identifier, so the Bundle is reproducible apart from ``Provenance.recorded``.
 
 The resources are validated with fhir.resources models before serialisation. fhir.resources 6.4.x is
 pinned because it is the last line generated from FHIR 4.0.1 (``fhir.resources.__fhir_version__ ==
@@ -39,59 +38,36 @@ import json
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from importlib import metadata
 from typing import Any, Literal
 
 import fhir.resources
 from fhir.resources.bundle import Bundle
 
-from smart_app.clinical.provenance import AIAST, provenance_resource
+from smart_app import __version__
+from smart_app.drafts.provenance import provenance_resource
+from smart_app.vocabulary import (
+    AIAST,
+    CLASSIFICATION_EXTENSION,
+    DEVICE_IDENTIFIER_SYSTEM,
+    DEVICE_IDENTIFIER_VALUE,
+    DRAFT_IDENTIFIER_SYSTEM,
+    NEXT_STEP_EXTENSION,
+    RED_FLAG_SYSTEM,
+    SEVERITY_OF_LEVEL,
+    UNAVAILABLE_EXTENSION,
+    WORKFLOW_CODE,
+    WORKFLOW_DISPLAY,
+    WORKFLOW_SYSTEM,
+    classifications,
+    next_steps,
+    profile_url,
+)
 
 if fhir.resources.__fhir_version__ != "4.0.1":  # pragma: no cover - guarded by the pin in pyproject
     raise ImportError(f"fhir.resources models are FHIR {fhir.resources.__fhir_version__}, R4 4.0.1 needed")
 
-CANONICAL = "https://smart-app.example/fhir"
-DRAFT_IDENTIFIER_SYSTEM = f"{CANONICAL}/identifier/draft"
-DEVICE_IDENTIFIER_SYSTEM = f"{CANONICAL}/identifier/device"
-DEVICE_IDENTIFIER_VALUE = "smart-app-back-mice"
-WORKFLOW_SYSTEM = f"{CANONICAL}/CodeSystem/workflow"
-WORKFLOW_CODE = "draft-requires-review"
-RED_FLAG_SYSTEM = f"{CANONICAL}/CodeSystem/back-mice-red-flag"
-SEVERITY_SYSTEM = "http://hl7.org/fhir/detectedissue-severity"
-CLASSIFICATION_SYSTEM = f"{CANONICAL}/CodeSystem/back-mice-classification"
-NEXT_STEP_SYSTEM = f"{CANONICAL}/CodeSystem/back-mice-next-step"
-CLASSIFICATION_EXTENSION = f"{CANONICAL}/StructureDefinition/back-mice-classification"
-NEXT_STEP_EXTENSION = f"{CANONICAL}/StructureDefinition/back-mice-next-step"
-#: Complex extension on the assessment: one per resource type that could not be read (sub-extensions
-#: ``resourceType`` valueCode and ``reason`` valueString; fhir_profiles/README.md).
-UNAVAILABLE_EXTENSION = f"{CANONICAL}/StructureDefinition/back-mice-unavailable-data"
-#: Displays of fhir_profiles/package/CodeSystem-back-mice-classification.json (CLINICAL.md "Classification").
-CLASSIFICATION_DISPLAY = {
-    "red-flags": "Red flags: urgent work-up",
-    "not-consistent": "Not consistent with back mice",
-    "unlikely": "Back mice unlikely",
-    "confirmed": "Back mice confirmed by diagnostic injection",
-    "probable": "Probable back mice",
-    "possible": "Possible back mice",
-    "insufficient-data": "Insufficient data",
-}
-#: Displays of fhir_profiles/package/CodeSystem-back-mice-next-step.json.
-NEXT_STEP_DISPLAY = {
-    "urgent-work-up": "Urgent work-up of the red flags",
-    "work-up": "Work-up for another cause",
-    "none": "No further step from these criteria",
-    "surgical-referral": "Surgical referral",
-    "therapeutic-injection": "Therapeutic injection into the nodule",
-    "conservative-care": "Conservative care",
-    "diagnostic-injection": "Diagnostic local anaesthetic injection",
-    "focused-exam": "Focused examination",
-}
 DRAFT_BANNER = "DRAFT — decision support, requires clinician review"
 XHTML_NS = "http://www.w3.org/1999/xhtml"
-#: Findings whose criterion is their absence (CLINICAL.md: back mice do not cause deficits).
-NEGATIVE_FINDINGS = frozenset({"NEURO_DEFICIT"})
-FINDING_ORDER = ("LBP", "NODULE", "TYPICAL_SITE", "PAIN_REPRODUCED", "NEURO_DEFICIT", "INJECTION_RELIEF")
-SEVERITY = {"block": "high", "warn": "moderate"}
 
 AssessmentAs = Literal["ClinicalImpression", "DocumentReference"]
 
@@ -100,16 +76,9 @@ class DraftingError(ValueError):
     """The assessment lacks what a draft needs (patient, criteria, as_of)."""
 
 
-def profile_url(resource_type: str) -> str:
-    """Canonical URL of the package profile for a resource type (CONTRACT.md, Canonical URLs)."""
-    return f"{CANONICAL}/StructureDefinition/back-mice-{resource_type.lower()}"
-
-
 def app_version() -> str:
-    try:
-        return metadata.version("smart-app-back-mice")
-    except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
-        return "0.1.0"
+    """The version of the software that drafts (the Device's ``version``)."""
+    return __version__
 
 
 def canonical_json(value: Any) -> str:
@@ -209,9 +178,7 @@ def _draft_meta(resource_type: str, extra_tags: Sequence[dict[str, str]] = ()) -
     return {
         "profile": [profile_url(resource_type)],
         "security": [dict(AIAST)],
-        "tag": [
-            {"system": WORKFLOW_SYSTEM, "code": WORKFLOW_CODE, "display": "Draft requires clinician review"}
-        ]
+        "tag": [{"system": WORKFLOW_SYSTEM, "code": WORKFLOW_CODE, "display": WORKFLOW_DISPLAY}]
         + list(extra_tags),
     }
 
@@ -231,47 +198,23 @@ def _unique(values: Iterable[str]) -> list[str]:
     return list(seen)
 
 
-def _finding_order(findings: Mapping[str, Any]) -> list[str]:
-    return [f for f in FINDING_ORDER if f in findings] + sorted(set(findings) - set(FINDING_ORDER))
-
-
-def criteria_lines(findings: Mapping[str, Mapping[str, Any]]) -> tuple[list[str], list[str], list[str]]:
-    """Criterion labels met / not met / unknown. A criterion is the finding being present, except
-    for :data:`NEGATIVE_FINDINGS`, whose criterion is the finding being absent."""
+def criteria_lines(checklist: Iterable[Mapping[str, Any]]) -> tuple[list[str], list[str], list[str]]:
+    """Criterion labels met / not met / unknown, from the assessment's ``checklist``."""
     met: list[str] = []
     not_met: list[str] = []
     unknown: list[str] = []
-    for finding_id in _finding_order(findings):
-        finding = findings[finding_id]
-        title = str(finding.get("title") or finding_id)
-        status = finding.get("status")
-        if finding_id in NEGATIVE_FINDINGS:
-            label = f"no {title[:1].lower()}{title[1:]}"
-            bucket = {"absent": met, "present": not_met}.get(str(status), unknown)
-        else:
-            label = title
-            bucket = {"present": met, "absent": not_met}.get(str(status), unknown)
-        bucket.append(label)
+    for row in checklist:
+        {"met": met, "not-met": not_met}.get(str(row.get("verdict")), unknown).append(str(row.get("label")))
     return met, not_met, unknown
 
 
-def basis_text(findings: Mapping[str, Mapping[str, Any]], red_flags: Sequence[Mapping[str, Any]]) -> str:
-    met, not_met, unknown = criteria_lines(findings)
+def basis_text(checklist: Iterable[Mapping[str, Any]], red_flags: Sequence[Mapping[str, Any]]) -> str:
+    met, not_met, unknown = criteria_lines(checklist)
     flags = ", ".join(f"{f.get('title') or f.get('id')} ({f.get('level')})" for f in red_flags) or "none"
     return (
         f"Criteria met: {', '.join(met) or 'none'}. Not met: {', '.join(not_met) or 'none'}. "
         f"Unknown: {', '.join(unknown) or 'none'}. Red flags: {flags}."
     )
-
-
-def classification_coding(code: str) -> dict[str, str]:
-    """The Coding of a classification in :data:`CLASSIFICATION_SYSTEM`."""
-    return {"system": CLASSIFICATION_SYSTEM, "code": code, "display": CLASSIFICATION_DISPLAY[code]}
-
-
-def next_step_coding(code: str) -> dict[str, str]:
-    """The Coding of a next step in :data:`NEXT_STEP_SYSTEM`."""
-    return {"system": NEXT_STEP_SYSTEM, "code": code, "display": NEXT_STEP_DISPLAY[code]}
 
 
 class _Builder:
@@ -296,14 +239,19 @@ class _Builder:
         if assessment_as not in ("ClinicalImpression", "DocumentReference"):
             raise DraftingError(f"cannot write the assessment as {assessment_as}")
         classification, next_step = assessment.get("classification"), assessment.get("next_step")
-        if classification not in CLASSIFICATION_DISPLAY:
+        if classification not in classifications():
             raise DraftingError(
-                f"assessment classification {classification!r} is not in {CLASSIFICATION_SYSTEM}"
+                f"assessment classification {classification!r} is not in {classifications().system}"
             )
-        if next_step not in NEXT_STEP_DISPLAY:
-            raise DraftingError(f"assessment next_step {next_step!r} is not in {NEXT_STEP_SYSTEM}")
-        self.classification = classification_coding(str(classification))
-        self.next_step = next_step_coding(str(next_step))
+        if next_step not in next_steps():
+            raise DraftingError(f"assessment next_step {next_step!r} is not in {next_steps().system}")
+        if not isinstance(assessment.get("checklist"), list):
+            raise DraftingError("assessment has no checklist of criteria")
+        self.classification = classifications().coding(str(classification))
+        self.next_step = next_steps().coding(str(next_step))
+        self.checklist: list[Mapping[str, Any]] = [
+            r for r in assessment["checklist"] if isinstance(r, Mapping)
+        ]
         self.a = assessment
         self.patient = patient
         self.criteria = f"{criteria['url']}|{criteria['version']}"
@@ -381,19 +329,19 @@ class _Builder:
 
     def assessment_text(self) -> tuple[list[str], list[str]]:
         a = self.a
-        findings = a.get("findings") or {}
         paragraphs = [
             str(a.get("headline") or ""),
             f"Classification: {a.get('classification')}; next step: {a.get('next_step')}.",
             f"Criteria {self.criteria}, evaluated at {self.as_of}.",
-            basis_text(findings, a.get("red_flags") or []),
+            basis_text(self.checklist, a.get("red_flags") or []),
             unavailable_sentence({"resource_type": t, "reason": r} for t, r in self.unavailable),
             str(a.get("summary") or ""),
         ]
         items = [
-            f"{f.get('title') or fid}: {f.get('status')} — {f.get('reason') or ''}".rstrip(" —")
-            for fid, f in ((fid, findings[fid]) for fid in _finding_order(findings))
+            f"{row.get('title') or row.get('finding')}: {row.get('status')} — {row.get('reason') or ''}"
+            for row in self.checklist
         ]
+        items = [item.rstrip(" —") for item in items]
         items += [
             f"Red flag ({f.get('level')}): {f.get('title') or f.get('id')} — {f.get('reason') or ''}"
             for f in a.get("red_flags") or []
@@ -447,7 +395,7 @@ class _Builder:
                         "coding": [dict(self.classification)],
                         "text": str(a.get("headline") or a.get("classification")),
                     },
-                    "basis": basis_text(findings, a.get("red_flags") or []),
+                    "basis": basis_text(self.checklist, a.get("red_flags") or []),
                 }
             ],
             "note": [{"text": self.note_text()}],
@@ -574,7 +522,7 @@ class _Builder:
                 "coding": [{"system": RED_FLAG_SYSTEM, "code": flag_id, "display": title}],
                 "text": title,
             },
-            "severity": SEVERITY.get(level, "moderate"),
+            "severity": SEVERITY_OF_LEVEL.get(level, "moderate"),
             "patient": {"reference": self.patient},
             "identifiedDateTime": self.as_of,
             "author": {"reference": self.device_url},

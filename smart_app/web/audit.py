@@ -1,7 +1,7 @@
-"""Auditor page ``GET /audit`` (issue 6 §3): per write, what was concluded, from what, by which rule
-version, who asked for it, and whether it reproduces. Behind the SMART launch; reads with the launch's
-token. With user-level read scopes (``user/Provenance.rs`` ...) it covers every patient the user may see,
-otherwise only the launched patient.
+"""Auditor page ``GET /audit`` (docs/auditors.md#the-audit-page): per write, what was concluded, from
+what, by which rule version, who asked for it, and whether it reproduces. Behind the SMART launch; it
+reads with the launch's token. With user-level read scopes (``user/Provenance.rs`` ...) it covers every
+patient the user may see, otherwise only the launched patient.
 """
 
 from __future__ import annotations
@@ -15,32 +15,15 @@ from smart_app.audit.model import AuditInputError, AuditReport, Finding, VerifyR
 from smart_app.audit.source import FhirSource, Source
 from smart_app.audit.verify import verify_assessment
 from smart_app.auditlog import audit_event
-from smart_app.web.session import current_launch, get_access_token, launch_required
+from smart_app.smart.launch import Launch
+from smart_app.vocabulary import classifications, next_steps
+from smart_app.web.session import get_fhir, launch_required, require_launch
 
 bp = Blueprint("audit", __name__)
 
 #: At most this many writes are re-run on one page view (each costs a few reads); config overrides.
 DEFAULT_MAX_VERIFY = 25
 
-CLASSIFICATION_TEXT = {
-    "red-flags": "Red flags present: no procedure suggested, work-up first",
-    "not-consistent": "Not consistent with back mice (a neurological deficit was recorded)",
-    "unlikely": "Back mice unlikely",
-    "confirmed": "Back mouse confirmed by a diagnostic injection",
-    "probable": "Probable back mouse",
-    "possible": "Possible back mouse",
-    "insufficient-data": "Not enough recorded data to decide",
-}
-NEXT_STEP_TEXT = {
-    "urgent-work-up": "urgent work-up",
-    "work-up": "work-up for other causes",
-    "none": "nothing further for back mice",
-    "focused-exam": "a focused examination of the nodule",
-    "diagnostic-injection": "a diagnostic local anaesthetic injection into the nodule",
-    "conservative-care": "conservative care (NSAIDs, heat)",
-    "therapeutic-injection": "a therapeutic injection into the nodule",
-    "surgical-referral": "a surgical referral",
-}
 STATUS_TEXT = {
     "draft": "Still a draft awaiting clinician review",
     "signed": "Reviewed and signed off by a clinician",
@@ -66,30 +49,15 @@ FIELD_TEXT = {
 }
 
 
-def _client(smart: dict[str, Any]) -> Any:
-    from smart_app.fhir.client import FhirClient
-
-    timeout = tuple(current_app.config.get("FHIR_TIMEOUT", (3.05, 30.0)))
-    return FhirClient(
-        str(smart["fhir_base"]),
-        token=get_access_token,
-        timeout=(float(timeout[0]), float(timeout[1])),
-        max_retries=int(current_app.config.get("FHIR_MAX_RETRIES", 3)),
-    )
-
-
-def audit_scope(smart: dict[str, Any]) -> str | None:
+def audit_scope(launch: Launch) -> str | None:
     """``None`` (every patient) with user- or system-level read of the written types, else the launch's
     patient: a patient-level token can only see that patient's writes anyway."""
-    from smart_app.smart.scopes import ScopeSet
-
-    scopes = ScopeSet.parse(str(smart.get("scope") or ""))
+    scopes = launch.scopes
     wide = all(scopes.permits(t, "s", context="user") for t in ("Provenance", "ClinicalImpression"))
-    patient = smart.get("patient")
     if wide:
         wanted = request.args.get("patient", "").strip()
         return wanted or None
-    return str(patient) if patient else None
+    return launch.patient
 
 
 def _in_words(value: Any, words: dict[str, str]) -> str | None:
@@ -118,8 +86,8 @@ def describe_write(
         "status": STATUS_TEXT.get(write.status, write.status),
         "status_code": write.status,
         "headline": assessment.get("description") or assessment.get("summary"),
-        "classification": _in_words(classification, CLASSIFICATION_TEXT),
-        "next_step": _in_words(step, NEXT_STEP_TEXT),
+        "classification": _in_words(classification, classifications().displays),
+        "next_step": _in_words(step, next_steps().displays),
         "red_flags": written.get("red_flags") or [],
         "resources": [r.reference for r in write.resources],
         "provenance": write.provenance,
@@ -173,11 +141,10 @@ def build_page(source: Source, patient: str | None, max_verify: int) -> dict[str
 def audit_page() -> tuple[str, int]:
     from smart_app.fhir.errors import FhirError
 
-    smart = current_launch() or {}
-    patient = audit_scope(smart)
+    patient = audit_scope(require_launch())
     max_verify = int(current_app.config.get("AUDIT_PAGE_MAX_VERIFY", DEFAULT_MAX_VERIFY))
     try:
-        page = build_page(FhirSource(_client(smart)), patient, max_verify)
+        page = build_page(FhirSource(get_fhir()), patient, max_verify)
     except FhirError as exc:
         audit_event("error", where="audit-page", status=exc.status, error=type(exc).__name__)
         return render_template("audit.html", page=None, error=exc.message, patient=patient), 502

@@ -1,4 +1,5 @@
-"""A small checker for the app's own profiles (``fhir_profiles/package``), driven by their snapshots.
+"""A small checker for the app's own profiles (its FHIR package, ``smart_app/data/profiles``), driven by
+their snapshots.
 
 FHIR R4 profiling.html and elementdefinition.html: for every element of the profile's snapshot it checks
 cardinality (``min``/``max``), the allowed choice types, ``fixed[x]`` (exact) and ``pattern[x]``
@@ -16,17 +17,18 @@ slices discriminated by ``url`` (value), each counted against its own cardinalit
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
+from importlib.resources.abc import Traversable
 from typing import Any
 
-PACKAGE_DIR = Path(__file__).resolve().parents[2] / "fhir_profiles" / "package"
-CANONICAL = "https://smart-app.example/fhir"
+import orjson
+
+from smart_app.fhirjson import Ref
+from smart_app.vocabulary import CANONICAL, profiles_package
+
 _FHIR_SD = "http://hl7.org/fhir/StructureDefinition/"
-_REF_RE = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)/[A-Za-z0-9\-.]{1,64}(?:/_history/[A-Za-z0-9\-.]{1,64})?$")
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,8 @@ def _fixed_or_pattern(element: Mapping[str, Any]) -> tuple[str, Any] | None:
 class ProfileChecker:
     """The package's profiles and ValueSets, loaded once; :meth:`check` validates one resource."""
 
-    def __init__(self, package_dir: Path = PACKAGE_DIR) -> None:
+    def __init__(self, package_dir: Traversable | None = None) -> None:
+        package_dir = package_dir if package_dir is not None else profiles_package()
         self.package_dir = package_dir
         self.profiles: dict[str, dict[str, Any]] = {}
         self._children: dict[str, dict[str, list[dict[str, Any]]]] = {}
@@ -76,8 +79,10 @@ class ProfileChecker:
         self.profile_types: dict[str, str] = {}
         #: The package's extension definitions by url (a subset of :attr:`profiles`).
         self.extensions: dict[str, dict[str, Any]] = {}
-        for path in sorted(package_dir.glob("*.json")):
-            data = json.loads(path.read_text(encoding="utf-8"))
+        for entry in sorted(package_dir.iterdir(), key=lambda e: e.name):
+            if not entry.name.endswith(".json"):
+                continue
+            data = orjson.loads(entry.read_bytes())
             kind = data.get("resourceType") if isinstance(data, dict) else None
             if kind == "StructureDefinition" and "snapshot" in data:
                 self.profiles[data["url"]] = data
@@ -361,17 +366,17 @@ class _Walk:
             return
         target = self.resolve.get(ref)
         if target is None:
-            match = _REF_RE.search(ref)
-            if match is None:
+            parsed = Ref.parse(ref)
+            if parsed is None:
                 self.issue(path, f"reference {ref!r} cannot be resolved to a resource type")
                 return
-            target = match.group(1)
+            target = parsed.type
         if target not in allowed:
             self.issue(path, f"reference to {target} not allowed; allowed: {', '.join(sorted(allowed))}")
 
 
 @lru_cache(maxsize=4)
-def load_checker(package_dir: Path = PACKAGE_DIR) -> ProfileChecker:
+def load_checker(package_dir: Traversable | None = None) -> ProfileChecker:
     """The checker for the package, cached (the package files do not change while running)."""
     return ProfileChecker(package_dir)
 
