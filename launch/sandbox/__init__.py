@@ -16,6 +16,7 @@ from .config import DEFAULTS
 from .faults import Faults
 from .keys import load_or_create_signing_key
 from .oauth import AuthState, load_clients, load_clients_file
+from .paging import Snapshots
 from .state import SandboxState, init_state
 from .store import Store
 
@@ -38,12 +39,15 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         raw_clients = load_clients_file(Path(app.config["CLIENTS_FILE"]))
     key_path = app.config["SIGNING_KEY_PATH"] or str(Path(app.instance_path) / "sandbox-signing-key.pem")
     state = SandboxState(
-        store=Store(),
+        store=Store(version_ids=str(app.config["VERSION_IDS"])),
         auth=AuthState(),
         clients=load_clients(raw_clients),
         faults=Faults(app.config["FAULTS"]),
         signing_key=load_or_create_signing_key(Path(key_path)),
         http=requests.Session(),
+        snapshots=Snapshots(
+            ttl=float(app.config["SEARCH_SNAPSHOT_TTL"]), max_entries=int(app.config["SEARCH_SNAPSHOTS_MAX"])
+        ),
     )
     _load_data(app, state.store)
     init_state(app, state)
@@ -83,7 +87,7 @@ def _gzip(response: Response) -> Response:
     body = response.get_data()
     if len(body) < int(current_app.config["GZIP_MIN_BYTES"]):
         return response
-    response.set_data(gzip.compress(body, compresslevel=5))
+    response.set_data(gzip.compress(body, compresslevel=int(current_app.config["GZIP_LEVEL"])))
     response.headers["Content-Encoding"] = "gzip"
     response.vary.add("Accept-Encoding")
     return response

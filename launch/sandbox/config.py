@@ -37,10 +37,22 @@ DEFAULTS: dict[str, Any] = {
     # Search page size: default and maximum for _count.
     "DEFAULT_COUNT": 50,
     "MAX_COUNT": 1000,
+    # A search with more pages keeps its matches this many seconds (its next links carry a cursor);
+    # at most this many are kept, least recently used dropped first.
+    "SEARCH_SNAPSHOT_TTL": 300,
+    "SEARCH_SNAPSHOTS_MAX": 256,
+    # meta.versionId style: "integer" (1, 2, ...) or "opaque" (a UUID per version, as e.g. Medplum).
+    "VERSION_IDS": "integer",
+    # Base of Location headers and of transaction/batch response locations, as a server behind a
+    # reverse proxy names itself (e.g. "http://internal.example:8080/fhir"). None: Location headers
+    # use the public FHIR base and Bundle response locations are relative.
+    "LOCATION_BASE": None,
     # Practitioner signed in for EHR launches when the launch names none.
     "DEFAULT_USER": "Practitioner/dr-ada",
     # Fault injection for tests only (see faults.py); empty means none.
     "FAULTS": {},
-    # Compress responses when the client accepts gzip and the body is at least this long.
+    # Compress responses when the client accepts gzip and the body is at least this long, at this
+    # zlib level (1 is the fastest; FHIR pages are repetitive and shrink ~40x even so).
     "GZIP_MIN_BYTES": 1024,
+    "GZIP_LEVEL": 1,
 }
