@@ -67,7 +67,7 @@ def _load_data(app: Flask, store: Store) -> None:
     if practitioners.is_file():
         store.load_file(practitioners)
     data_dir = Path(app.config["DATA_DIR"])
-    files = sorted(data_dir.glob("*.json")) if data_dir.is_dir() else []
+    files = sorted(data_dir.rglob("*.json")) if data_dir.is_dir() else []
     if not files:
         log.warning("sandbox: no patient Bundles found in %s", data_dir)
     loaded = sum(store.load_file(path) for path in files)

@@ -29,6 +29,13 @@ DEFAULTS: dict[str, Any] = {
     "CODE_TTL": 60,
     "ACCESS_TOKEN_TTL": 3600,
     "REFRESH_TOKEN_TTL": 86400,
+    # Refresh tokens: "rotate" (a new one per refresh; the used one is refused from then on),
+    # "strict" (as rotate, and a used one presented again revokes the whole grant) or "none" (the
+    # same refresh token stays valid; refresh responses carry none).
+    "REFRESH_TOKEN_ROTATION": "rotate",
+    # Refreshes of one grant within this many seconds of the last access token issued for it get
+    # that same token (with its own remaining lifetime), as some EHRs answer concurrent refreshes.
+    "ACCESS_TOKEN_REUSE_WINDOW": 0,
     "LAUNCH_TTL": 600,
     "PENDING_TTL": 600,
     "ID_TOKEN_TTL": 3600,
@@ -49,6 +56,16 @@ DEFAULTS: dict[str, Any] = {
     "LOCATION_BASE": None,
     # Practitioner signed in for EHR launches when the launch names none.
     "DEFAULT_USER": "Practitioner/dr-ada",
+    # Encounter of an EHR launch that names none: "latest" (the patient's latest Encounter, as an EHR
+    # opened within a visit) or "named" (only an encounter the launch request names).
+    "EHR_LAUNCH_ENCOUNTER": "named",
+    # Form of the token response's "encounter": "id" (bare, as SMART launchers send it), "reference"
+    # ("Encounter/<id>") or "absolute" (the FHIR base + "/Encounter/<id>").
+    "EHR_LAUNCH_ENCOUNTER_FORMAT": "id",
+    # fhirContext items naming the launch's encounter, in these forms (a list): "reference"
+    # ({"reference": "Encounter/<id>"}), "absolute" (an absolute URL) and "identifier"
+    # ({"type": "Encounter", "identifier": {...}}). Empty: none.
+    "EHR_LAUNCH_FHIR_CONTEXT": [],
     # Fault injection for tests only (see faults.py); empty means none.
     "FAULTS": {},
     # Compress responses when the client accepts gzip and the body is at least this long, at this
