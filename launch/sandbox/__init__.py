@@ -6,13 +6,16 @@ from __future__ import annotations
 import gzip
 import logging
 from collections.abc import Mapping
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import requests
 from flask import Flask, Response, current_app, request
 
-from .config import DEFAULTS
+from .config import DEFAULTS, check_settings
+from .dates import parse_dates_setting, shift_dates
 from .faults import Faults
 from .keys import load_or_create_signing_key
 from .oauth import AuthState, load_clients, load_clients_file
@@ -20,7 +23,7 @@ from .paging import Snapshots
 from .state import SandboxState, init_state
 from .store import Store
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "date_shift"]
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +36,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.config.from_prefixed_env("SANDBOX")
     if test_config:
         app.config.update(test_config)
+    check_settings(app.config)
 
     raw_clients = app.config["CLIENTS"]
     if raw_clients is None:
@@ -70,8 +74,29 @@ def _load_data(app: Flask, store: Store) -> None:
     files = sorted(data_dir.rglob("*.json")) if data_dir.is_dir() else []
     if not files:
         log.warning("sandbox: no patient Bundles found in %s", data_dir)
-    loaded = sum(store.load_file(path) for path in files)
-    log.info("sandbox: loaded %d resources from %d files", loaded, len(files))
+    days = date_shift(app.config)
+    loaded = sum(store.load_bundle(shift_dates(read_json(path), days), str(path)) for path in files)
+    log.info("sandbox: loaded %d resources from %d files, dates moved by %d days", loaded, len(files), days)
+
+
+def date_shift(config: Mapping[str, Any], today: date | None = None) -> int:
+    """Whole days the data's dates move by: from ``DATA_ANCHOR`` to the day ``DATES`` names."""
+    setting = config["DATES"]
+    target = (
+        setting
+        if isinstance(setting, date)
+        else parse_dates_setting(str(setting), today or datetime.now(UTC).date())
+    )
+    if target is None:
+        return 0
+    return (target - date.fromisoformat(str(config["DATA_ANCHOR"]))).days
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return orjson.loads(path.read_bytes())
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not JSON ({exc})") from exc
 
 
 def _gzip(response: Response) -> Response:

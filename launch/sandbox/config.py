@@ -6,8 +6,15 @@ variables (``SANDBOX_PUBLIC_URL=...``, values parsed as JSON when they are JSON)
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from launch.data import ANCHOR_DATE, DATA_DIR
+
+from .context import ENCOUNTER_FORMATS, FHIR_CONTEXT_FORMS
+from .oauth import REFRESH_ROTATIONS
+from .store import VERSION_ID_STYLES
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -16,8 +23,13 @@ DEFAULTS: dict[str, Any] = {
     "APP_LAUNCH_URL": "http://localhost:8000/launch",
     # The sandbox's own origin; the FHIR base (and iss) is PUBLIC_URL + "/fhir".
     "PUBLIC_URL": "http://127.0.0.1:8001",
-    # Directory of patient Bundles (*.json, collection or transaction).
-    "DATA_DIR": str(PACKAGE_DIR.parent / "data"),
+    # Directory of patient Bundles (*.json, in subfolders too; collection or transaction).
+    "DATA_DIR": str(DATA_DIR),
+    # Dates of the DATA_DIR records: "today" (every date moved by the whole days from DATA_ANCHOR to
+    # today, UTC), "stored" (as in the files) or a date "YYYY-MM-DD" (DATA_ANCHOR moved to that day).
+    "DATES": "today",
+    # The day the DATA_DIR records treat as today (launch/data/__init__.py: ANCHOR_DATE).
+    "DATA_ANCHOR": ANCHOR_DATE.isoformat(),
     # Practitioners (the EHR's users) loaded into the store; a Bundle.
     "PRACTITIONERS_FILE": str(PACKAGE_DIR / "practitioners.json"),
     # Registered clients; None means launch/sandbox/clients.json.
@@ -73,3 +85,24 @@ DEFAULTS: dict[str, Any] = {
     "GZIP_MIN_BYTES": 1024,
     "GZIP_LEVEL": 1,
 }
+
+
+#: Settings with a fixed set of values, and those values (each list kept by the module that uses it).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "VERSION_IDS": VERSION_ID_STYLES,
+    "REFRESH_TOKEN_ROTATION": REFRESH_ROTATIONS,
+    "EHR_LAUNCH_ENCOUNTER": ("named", "latest"),
+    "EHR_LAUNCH_ENCOUNTER_FORMAT": ENCOUNTER_FORMATS,
+}
+
+
+def check_settings(config: Mapping[str, Any]) -> None:
+    """Refuse a setting outside its values at start-up, naming it (rather than failing per request)."""
+    for key, allowed in CHOICES.items():
+        if config[key] not in allowed:
+            raise ValueError(f"sandbox setting {key} must be one of {list(allowed)}, not {config[key]!r}")
+    forms = config["EHR_LAUNCH_FHIR_CONTEXT"]
+    if not isinstance(forms, list | tuple) or not set(forms) <= set(FHIR_CONTEXT_FORMS):
+        raise ValueError(
+            f"sandbox setting EHR_LAUNCH_FHIR_CONTEXT must be a list of {list(FHIR_CONTEXT_FORMS)}"
+        )
