@@ -94,6 +94,7 @@ def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
         {
             "TESTING": True,
             "SIGNING_KEY_PATH": str(tmp_path / "sandbox-key.pem"),
+            "DATES": "stored",  # the records as written, evaluated at AS_OF
         }
     )
     server = make_server("127.0.0.1", 0, app, threaded=True)

@@ -31,6 +31,7 @@ PUBLIC_ID = "test-public"
 SYMMETRIC_ID = "test-symmetric"
 ASYMMETRIC_ID = "test-asymmetric"
 STATIC_JWKS_ID = "test-static-jwks"
+AUDITOR_ID = "test-auditor"
 SECRET = "test-only-secret"
 CLIENT_JWKS_URI = "http://app.test/.well-known/jwks.json"
 PAIN_CODE = "72514-3"
@@ -38,6 +39,7 @@ LOINC = "http://loinc.org"
 
 __all__ = [
     "ASYMMETRIC_ID",
+    "AUDITOR_ID",
     "CLIENT_JWKS_URI",
     "FHIR_BASE",
     "LOINC",
@@ -101,6 +103,7 @@ def fixture_bundles() -> dict[str, dict[str, Any]]:
         {
             "resourceType": "Encounter",
             "id": "e1",
+            "identifier": [{"system": "https://ehr.test/visit", "value": "V-1"}],
             "status": "finished",
             "class": {"code": "AMB"},
             "subject": {"reference": "Patient/p1"},
@@ -198,6 +201,13 @@ def make_sandbox(data: Path, key_path: Path, client_key: RSAKey, **overrides: An
             "redirect_uris": [REDIRECT_URI],
         },
         {
+            "client_id": AUDITOR_ID,
+            "client_type": "confidential-symmetric",
+            "client_secret": SECRET,
+            "grant_types": ["client_credentials"],
+            "scopes": ["user/*.rs", "system/*.rs"],
+        },
+        {
             "client_id": "test-narrow",
             "client_type": "public",
             "redirect_uris": [REDIRECT_URI],
@@ -212,6 +222,8 @@ def make_sandbox(data: Path, key_path: Path, client_key: RSAKey, **overrides: An
         "CLIENTS": clients,
         "SIGNING_KEY_PATH": str(key_path),
         "DEFAULT_COUNT": 5,
+        # As an EHR opened within a visit: launches carry the patient's latest Encounter.
+        "EHR_LAUNCH_ENCOUNTER": "latest",
     }
     config.update(overrides)
     return create_app(config)
@@ -299,13 +311,13 @@ class SandboxActions:
         self, data: dict[str, str], *, client_id: str = PUBLIC_ID, headers: dict[str, str] | None = None
     ) -> Any:
         form = dict(data)
-        if client_id == SYMMETRIC_ID and not headers:
-            basic = base64.b64encode(f"{SYMMETRIC_ID}:{SECRET}".encode()).decode()
+        if client_id in (SYMMETRIC_ID, AUDITOR_ID) and not headers:
+            basic = base64.b64encode(f"{client_id}:{SECRET}".encode()).decode()
             headers = {"Authorization": f"Basic {basic}"}
         elif client_id in (ASYMMETRIC_ID, STATIC_JWKS_ID):
             form.setdefault("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
             form.setdefault("client_assertion", self.assertion(client_id))
-        else:
+        elif not headers:
             form.setdefault("client_id", client_id)
         return self.client.post("/auth/token", data=form, headers=headers or {})
 

@@ -111,7 +111,8 @@ def sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     from launch.sandbox.oauth import Grant
     from launch.sandbox.server import BackgroundServer
 
-    with BackgroundServer({"TESTING": True, "SIGNING_KEY_PATH": str(tmp_path / "key.pem")}) as server:
+    config = {"TESTING": True, "SIGNING_KEY_PATH": str(tmp_path / "key.pem"), "DATES": "stored"}  # at AS_OF
+    with BackgroundServer(config) as server:
         token = server.app.extensions["sandbox"].auth.add_access(
             Grant(
                 client_id="cli-tests",

@@ -41,7 +41,7 @@ def test_smart_configuration_fields(client):
     assert conf["token_endpoint"] == f"{PUBLIC_URL}/auth/token"
     assert conf["jwks_uri"] == f"{PUBLIC_URL}/auth/jwks.json"
     assert conf["code_challenge_methods_supported"] == ["S256"]
-    assert set(conf["grant_types_supported"]) == {"authorization_code", "refresh_token"}
+    assert set(conf["grant_types_supported"]) == {"authorization_code", "refresh_token", "client_credentials"}
     assert set(conf["token_endpoint_auth_methods_supported"]) == {"client_secret_basic", "private_key_jwt"}
     assert {"RS384", "ES384"} <= set(conf["token_endpoint_auth_signing_alg_values_supported"])
     assert conf["response_types_supported"] == ["code"]

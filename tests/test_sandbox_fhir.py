@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import time
 import uuid
 from pathlib import Path
@@ -464,3 +465,48 @@ def test_project_patient_data_loads(signing_key_path, tmp_path: Path):
     with pytest.raises(ValueError, match="not JSON"):
         (tmp_path / "broken.json").write_text("{")
         create_app({"TESTING": True, "SIGNING_KEY_PATH": str(signing_key_path), "DATA_DIR": str(tmp_path)})
+
+
+# -- server-chosen version ids and proxied Location headers ------------------------------------------------
+UUID_RE = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+
+
+def test_opaque_version_ids(data_dir, signing_key_path, client_key):
+    app = make_sandbox(data_dir, signing_key_path, client_key, VERSION_IDS="opaque")
+    acts = SandboxActions(app.test_client(), client_key)
+    token = acts.access_token()
+    first = acts.fhir("GET", "/Observation/o1", token)
+    v1 = first.json["meta"]["versionId"]
+    assert re.fullmatch(UUID_RE, v1) and first.headers["ETag"] == f'W/"{v1}"'
+    updated = acts.fhir("PUT", "/Observation/o1", token, json={**first.json, "status": "amended"})
+    v2 = updated.json["meta"]["versionId"]
+    assert re.fullmatch(UUID_RE, v2) and v2 != v1
+    assert updated.headers["Location"] == f"{FHIR_BASE}/Observation/o1/_history/{v2}"
+    assert acts.fhir("GET", f"/Observation/o1/_history/{v1}", token).json["status"] == "final"
+    history = acts.fhir("GET", "/Observation/o1/_history", token).json["entry"]
+    assert [e["resource"]["meta"]["versionId"] for e in history] == [v2, v1]
+    assert [e["request"]["method"] for e in history] == ["PUT", "POST"]
+    stale = {"If-Match": f'W/"{v1}"'}
+    assert acts.fhir("PUT", "/Observation/o1", token, json=updated.json, headers=stale).status_code == 412
+    fresh = {"If-Match": f'W/"{v2}"'}
+    assert acts.fhir("PUT", "/Observation/o1", token, json=updated.json, headers=fresh).status_code == 200
+    written = acts.fhir("POST", "", token, json=_drafts("opaque")).json["entry"][0]
+    vid = written["resource"]["meta"]["versionId"]
+    assert re.fullmatch(UUID_RE, vid) and written["response"]["etag"] == f'W/"{vid}"'
+    assert written["response"]["location"].endswith(f"/_history/{vid}")
+
+
+def test_location_names_the_server_own_base_behind_a_proxy(data_dir, signing_key_path, client_key):
+    internal = "http://internal.example:8080/fhir"
+    app = make_sandbox(data_dir, signing_key_path, client_key, LOCATION_BASE=internal)
+    acts = SandboxActions(app.test_client(), client_key)
+    token = acts.access_token()
+    created = acts.fhir("POST", "/Observation", token, json=_obs())
+    assert created.headers["Location"] == f"{internal}/Observation/{created.json['id']}/_history/1"
+    entry = acts.fhir("POST", "", token, json=_drafts("proxied")).json["entry"][0]
+    assert (
+        entry["response"]["location"] == f"{internal}/ClinicalImpression/{entry['resource']['id']}/_history/1"
+    )
+    assert entry["fullUrl"].startswith(FHIR_BASE + "/")  # links and fullUrls stay on the public base
+    page = acts.fhir("GET", "/Observation?patient=p1&_count=2", token).json
+    assert all(link["url"].startswith(FHIR_BASE + "/") for link in page["link"])

@@ -51,10 +51,9 @@ def practitioners(store: Store) -> list[Person]:
     return sorted((_person(r) for r in store.all_of_type("Practitioner")), key=lambda p: p.id)
 
 
-def latest_encounter(store: Store, patient_id: str) -> str | None:
-    """The patient's most recent Encounter (by period.start), as ``Encounter/<id>``."""
+def latest_encounter(store: Store, patient_id: str) -> dict[str, Any] | None:
+    """The patient's most recent Encounter (by period.start)."""
     encounters = store.search("Encounter", [("patient", patient_id)])
     if not encounters:
         return None
-    latest = max(encounters, key=lambda e: str((e.get("period") or {}).get("start", "")))
-    return f"Encounter/{latest['id']}"
+    return max(encounters, key=lambda e: str((e.get("period") or {}).get("start", "")))

@@ -14,9 +14,11 @@ from urllib.parse import parse_qsl, urlencode
 
 from .oauth import Grant
 from .outcome import FhirHttpError, JsonDict, bad_request, not_found
+from .paging import Snapshots
 from .resource_types import RESOURCE_TYPES
 from .scopes import Permissions
 from .store import (
+    CURSOR_PARAM,
     ID_RE,
     Store,
     patient_references,
@@ -34,8 +36,10 @@ def status_line(status: int) -> str:
     return f"{status} {HTTPStatus(status).phrase}"
 
 
-def location(resource: JsonDict) -> str:
-    return f"{resource['resourceType']}/{resource['id']}/_history/{resource['meta']['versionId']}"
+def location(resource: JsonDict, base: str = "") -> str:
+    """``Type/id/_history/vid``, absolute when ``base`` is given (FHIR R4 "RESTful API" create/update)."""
+    path = f"{resource['resourceType']}/{resource['id']}/_history/{resource['meta']['versionId']}"
+    return f"{base.rstrip('/')}/{path}" if base else path
 
 
 def etag(resource: JsonDict) -> str:
@@ -112,14 +116,27 @@ def parse_target(url: str, base: str) -> Target:
 
 
 class Interactions:
+    """One request's interactions: ``base`` is the FHIR base in links and fullUrls, ``location_base`` the
+    base of ``location`` values in transaction and batch responses ("" = relative ``Type/id/...``)."""
+
     def __init__(
-        self, store: Store, access: Access, base: str, *, default_count: int, max_count: int
+        self,
+        store: Store,
+        access: Access,
+        base: str,
+        *,
+        snapshots: Snapshots,
+        default_count: int,
+        max_count: int,
+        location_base: str = "",
     ) -> None:
         self.store = store
         self.access = access
         self.base = base
+        self.snapshots = snapshots
         self.default_count = default_count
         self.max_count = max_count
+        self.location_base = location_base
 
     # -- reads -----------------------------------------------------------------------------------------
     def read(self, rtype: str, rid: str) -> JsonDict:
@@ -145,7 +162,7 @@ class Interactions:
         versions = self.store.history(rtype, rid)
         entries = []
         for version in versions:
-            first = version["meta"]["versionId"] == "1"
+            first = version is versions[-1]
             entries.append(
                 {
                     "fullUrl": f"{self.base}/{rtype}/{rid}",
@@ -164,25 +181,36 @@ class Interactions:
         return {"resourceType": "Bundle", "type": "history", "total": len(entries), "entry": entries}
 
     def search(self, rtype: str, params: list[tuple[str, str]], *, strict: bool = False) -> JsonDict:
-        """Type-level search → searchset Bundle with ``total`` and self/next/previous links."""
+        """Type-level search → searchset Bundle with ``total`` and self/next/previous links. The first
+        page of a longer result keeps the matches as a snapshot; its links carry the cursor, so later
+        pages are slices of it (see ``paging.py``)."""
         filters, result = split_search_params(params, strict=strict)
-        compartment = self.access.search_filter_needed(rtype)
-        matches = self.store.search(rtype, filters, sort=result.get("_sort"))
-        if compartment:
-            matches = [r for r in matches if self.access.in_compartment(r)]
+        compartment = self.access.grant.patient if self.access.search_filter_needed(rtype) else None
+        sort = result.get("_sort")
+        key = (rtype, tuple(filters), sort, compartment)
+        cursor = result.get(CURSOR_PARAM) or None
+        matches = self.snapshots.get(cursor, key) if cursor else None
+        if matches is None:
+            cursor = None
+            matches = self.store.search(rtype, filters, sort=sort, compartment=compartment)
         count = self._int_param(result, "_count", self.default_count)
         count = min(count, self.max_count)
         offset = self._int_param(result, "_offset", 0)
         summary_count = result.get("_summary") == "count"
         page = [] if summary_count else matches[offset : offset + count]
-        kept = [(n, v) for n, v in params if n not in ("_count", "_offset")]
+        has_next = not summary_count and count > 0 and offset + count < len(matches)
+        if has_next and cursor is None:
+            cursor = self.snapshots.put(key, matches)
+        kept = [(n, v) for n, v in params if n not in ("_count", "_offset", CURSOR_PARAM)]
+        if cursor:
+            kept.append((CURSOR_PARAM, cursor))
 
         def link(relation: str, at: int) -> JsonDict:
             query = urlencode([*kept, ("_count", str(count)), ("_offset", str(at))])
             return {"relation": relation, "url": f"{self.base}/{rtype}?{query}"}
 
         links = [link("self", offset)]
-        if not summary_count and count > 0 and offset + count < len(matches):
+        if has_next:
             links.append(link("next", offset + count))
         if not summary_count and offset > 0 and count > 0:
             links.append(link("previous", max(0, offset - count)))
@@ -193,9 +221,9 @@ class Interactions:
             "link": links,
         }
         if page:
+            prefix = f"{self.base}/{rtype}/"
             bundle["entry"] = [
-                {"fullUrl": f"{self.base}/{rtype}/{r['id']}", "resource": r, "search": {"mode": "match"}}
-                for r in page
+                {"fullUrl": prefix + r["id"], "resource": r, "search": {"mode": "match"}} for r in page
             ]
         return bundle
 
@@ -385,7 +413,7 @@ class Interactions:
             "fullUrl": f"{self.base}/{stored['resourceType']}/{stored['id']}",
             "response": {
                 "status": status_line(status),
-                "location": location(stored),
+                "location": location(stored, self.location_base),
                 "etag": etag(stored),
                 "lastModified": stored["meta"]["lastUpdated"],
             },

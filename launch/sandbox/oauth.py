@@ -1,8 +1,10 @@
 """Authorization-server state and client authentication for the sandbox.
 
 SMART App Launch 2.x "App Launch" (authorize, token, refresh) and "Client Authentication: Asymmetric"
-(private_key_jwt) / "Symmetric" (client_secret_basic); RFC 6749 §4.1, §5.2, §6; RFC 7636 (PKCE S256);
-RFC 7523 §3 (JWT client assertions). Codes, tokens and launches live in memory behind one lock.
+(private_key_jwt) / "Symmetric" (client_secret_basic), "Backend Services" (client_credentials);
+RFC 6749 §4.1, §4.4, §5.2, §6; RFC 7636 (PKCE S256); RFC 7523 §3 (JWT client assertions); refresh-token
+rotation per RFC 9700 (OAuth 2.0 Security BCP) §4.14.2. Codes, tokens and launches live in memory behind
+one lock; ``AuthState.clock`` tells the time (tests move it).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,13 @@ from .scopes import NON_CLINICAL
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ASSERTION_ALGS = ("RS384", "ES384", "RS256", "ES256")
 CLIENT_TYPES = ("public", "confidential-symmetric", "confidential-asymmetric")
+GRANT_TYPES = ("authorization_code", "refresh_token", "client_credentials")
+#: A client registered without ``grant_types`` is an app launched by users.
+DEFAULT_GRANT_TYPES = ("authorization_code", "refresh_token")
+#: How refresh tokens behave: "none" (the same refresh token stays valid, none is returned on refresh),
+#: "rotate" (a new one each refresh, the old one refused from then on), "strict" (as rotate, and
+#: presenting a used one revokes the whole grant: RFC 9700 §4.14.2 reuse detection).
+REFRESH_ROTATIONS = ("none", "rotate", "strict")
 VERIFIER_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 
 
@@ -60,6 +69,8 @@ class Client:
     jwks_uri: str | None = None
     jwks: JsonDict | None = None
     name: str = ""
+    grant_types: tuple[str, ...] = DEFAULT_GRANT_TYPES
+    user: str | None = None  # "Practitioner/<id>" a client_credentials token acts for (fhirUser)
 
 
 def load_clients(raw: Sequence[Mapping[str, Any]]) -> dict[str, Client]:
@@ -79,8 +90,13 @@ def load_clients(raw: Sequence[Mapping[str, Any]]) -> dict[str, Client]:
             raise ValueError(f"client {client_id}: confidential-symmetric needs client_secret(_env)")
         if client_type == "confidential-asymmetric" and not (item.get("jwks_uri") or item.get("jwks")):
             raise ValueError(f"client {client_id}: confidential-asymmetric needs jwks_uri or jwks")
+        grant_types = tuple(str(g) for g in item.get("grant_types", DEFAULT_GRANT_TYPES))
+        if not grant_types or not set(grant_types) <= set(GRANT_TYPES):
+            raise ValueError(f"client {client_id}: grant_types must be among {list(GRANT_TYPES)}")
+        if "client_credentials" in grant_types and client_type == "public":
+            raise ValueError(f"client {client_id}: client_credentials needs a confidential client")
         redirect_uris = tuple(str(u) for u in item.get("redirect_uris", ()))
-        if not redirect_uris:
+        if not redirect_uris and "authorization_code" in grant_types:
             raise ValueError(f"client {client_id}: no redirect_uris")
         clients[client_id] = Client(
             client_id=client_id,
@@ -91,6 +107,8 @@ def load_clients(raw: Sequence[Mapping[str, Any]]) -> dict[str, Client]:
             jwks_uri=str(item["jwks_uri"]) if item.get("jwks_uri") else None,
             jwks=item.get("jwks"),
             name=str(item.get("name", client_id)),
+            grant_types=grant_types,
+            user=str(item["user"]) if item.get("user") else None,
         )
     return clients
 
@@ -135,6 +153,7 @@ class Grant:
     redirect_uri: str = ""
     code_challenge: str = ""
     family: str = field(default_factory=new_token)  # tokens descending from one code
+    fhir_context: tuple[JsonDict, ...] = ()  # SMART "fhirContext" items of the launch
 
 
 @dataclass(frozen=True)
@@ -142,15 +161,17 @@ class Launch:
     """An EHR launch record (SMART "EHR Launch": the opaque ``launch`` parameter)."""
 
     patient: str | None
-    encounter: str | None
+    encounter: str | None  # the Encounter's id
     user: str | None
     expires_at: float
+    fhir_context: tuple[JsonDict, ...] = ()
 
 
 class AuthState:
     """Launches, pending authorizations, codes, tokens and seen assertion ``jti``s, behind one lock."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
         self.lock = threading.Lock()
         self.launches: dict[str, Launch] = {}
         self.pending: dict[str, tuple[JsonDict, float]] = {}
@@ -158,6 +179,8 @@ class AuthState:
         self.used_codes: dict[str, tuple[str, float]] = {}  # code -> (family, expiry of the memory)
         self.access: dict[str, Grant] = {}
         self.refresh: dict[str, Grant] = {}
+        self.used_refresh: dict[str, tuple[str, float]] = {}  # rotated token -> (family, its expiry)
+        self.latest_access: dict[str, tuple[str, float]] = {}  # family -> (access token, issued at)
         self.jtis: dict[str, float] = {}
         self._jwks_cache: dict[str, tuple[JsonDict, float]] = {}
 
@@ -171,20 +194,20 @@ class AuthState:
     def get_launch(self, launch_id: str) -> Launch | None:
         with self.lock:
             launch = self.launches.get(launch_id)
-        if launch is None or launch.expires_at < time.time():
+        if launch is None or launch.expires_at < self.clock():
             return None
         return launch
 
     def add_pending(self, params: JsonDict, ttl: float) -> str:
         pending_id = secrets.token_urlsafe(16)
         with self.lock:
-            self.pending[pending_id] = (params, time.time() + ttl)
+            self.pending[pending_id] = (params, self.clock() + ttl)
         return pending_id
 
     def take_pending(self, pending_id: str) -> JsonDict | None:
         with self.lock:
             item = self.pending.pop(pending_id, None)
-        if item is None or item[1] < time.time():
+        if item is None or item[1] < self.clock():
             return None
         return item[0]
 
@@ -198,7 +221,7 @@ class AuthState:
 
     def redeem_code(self, code: str) -> Grant:
         """Single use (RFC 6749 §4.1.2): a second redemption fails and revokes what the first issued."""
-        now = time.time()
+        now = self.clock()
         with self.lock:
             grant = self.codes.pop(code, None)
             if grant is None:
@@ -216,6 +239,7 @@ class AuthState:
         for table in (self.access, self.refresh):
             for token in [t for t, g in table.items() if g.family == family]:
                 del table[token]
+        self.latest_access.pop(family, None)
 
     def add_access(self, grant: Grant) -> str:
         token = new_token()
@@ -223,10 +247,29 @@ class AuthState:
             self.access[token] = grant
         return token
 
+    def issue_access(self, grant: Grant, ttl: float, *, reuse_within: float = 0) -> tuple[str, Grant]:
+        """A new access token for ``grant`` valid ``ttl`` seconds. With ``reuse_within`` (refreshes): if
+        an earlier refresh of the same grant (family, scopes) got a token less than ``reuse_within``
+        seconds ago that is still valid, that same token with its own expiry, as some EHRs answer
+        refreshes that arrive close together."""
+        now = self.clock()
+        with self.lock:
+            latest = self.latest_access.get(grant.family) if reuse_within > 0 else None
+            if latest is not None and now - latest[1] < reuse_within:
+                current = self.access.get(latest[0])
+                if current is not None and current.expires_at > now and current.scopes == grant.scopes:
+                    return latest[0], current
+            token = new_token()
+            access = replace(grant, expires_at=now + ttl)
+            self.access[token] = access
+            if reuse_within > 0:
+                self.latest_access[grant.family] = (token, now)
+        return token, access
+
     def get_access(self, token: str) -> Grant | None:
         with self.lock:
             grant = self.access.get(token)
-        if grant is None or grant.expires_at < time.time():
+        if grant is None or grant.expires_at <= self.clock():  # valid while now < expiry
             return None
         return grant
 
@@ -236,29 +279,46 @@ class AuthState:
             self.refresh[token] = grant
         return token
 
-    def rotate_refresh(self, token: str, client_id: str, requested: list[str] | None) -> Grant:
-        """Consume a refresh token (RFC 6749 §6; rotation per OAuth 2.0 Security BCP §4.14.2); a
+    def use_refresh(
+        self, token: str, client_id: str, requested: list[str] | None, *, rotation: str = "rotate"
+    ) -> Grant:
+        """Redeem a refresh token (RFC 6749 §6). With rotation ("rotate", "strict") it is used up at
+        once; "strict" also revokes the grant when a used token comes back (RFC 9700 §4.14.2). A
         requested ``scope`` must be within the original grant and narrows it."""
+        if rotation not in REFRESH_ROTATIONS:
+            raise ValueError(f"refresh rotation must be one of {REFRESH_ROTATIONS}, not {rotation!r}")
+        now = self.clock()
         with self.lock:
             grant = self.refresh.get(token)
-            if grant is None or grant.expires_at < time.time():
+            if grant is None:
+                used = self.used_refresh.get(token)
+                if used is not None and rotation == "strict":
+                    self._revoke_family(used[0])
+                    raise OAuthError("invalid_grant", "refresh token was already used; the grant is revoked")
+                raise OAuthError("invalid_grant", "refresh token is invalid or expired")
+            if grant.expires_at < now:
                 raise OAuthError("invalid_grant", "refresh token is invalid or expired")
             if grant.client_id != client_id:
                 raise OAuthError("invalid_grant", "refresh token was issued to another client")
             if requested is not None and not set(requested) <= set(grant.scopes):
                 raise OAuthError("invalid_scope", "requested scope exceeds the original grant")
-            del self.refresh[token]
+            if rotation != "none":
+                del self.refresh[token]
+                self.used_refresh[token] = (grant.family, grant.expires_at)
         if requested is not None:
             grant = replace(grant, scopes=tuple(s for s in grant.scopes if s in requested))
         return grant
 
     def _expire(self) -> None:
-        now = time.time()
+        now = self.clock()
         for table in (self.codes, self.access, self.refresh):
             for token in [t for t, g in table.items() if g.expires_at < now]:
                 del table[token]
-        for code in [c for c, (_, until) in self.used_codes.items() if until < now]:
-            del self.used_codes[code]
+        for memory in (self.used_codes, self.used_refresh):
+            for key in [k for k, (_, until) in memory.items() if until < now]:
+                del memory[key]
+        for family in [f for f, (token, _) in self.latest_access.items() if token not in self.access]:
+            del self.latest_access[family]
         for jti in [j for j, until in self.jtis.items() if until < now]:
             del self.jtis[jti]
         for launch_id in [k for k, v in self.launches.items() if v.expires_at < now]:
@@ -353,7 +413,7 @@ class AuthState:
             except JoseError as exc:
                 raise OAuthError("invalid_client", "client assertion signature not valid", 401) from exc
         claims = token.claims
-        now = time.time()
+        now = self.clock()
         aud = claims.get("aud")
         auds = aud if isinstance(aud, list) else [aud]
         exp = claims.get("exp")
@@ -390,7 +450,7 @@ class AuthState:
         if client.jwks is not None:
             return KeySet.import_key_set(client.jwks)  # type: ignore[arg-type]
         url = client.jwks_uri or ""
-        now = time.time()
+        now = self.clock()
         with self.lock:
             cached = self._jwks_cache.get(url)
         if cached is None or cached[1] < now or refresh:

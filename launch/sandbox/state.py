@@ -10,6 +10,7 @@ from joserfc.jwk import RSAKey
 
 from .faults import Faults
 from .oauth import AuthState, Client
+from .paging import Snapshots
 from .store import Store
 
 
@@ -21,6 +22,7 @@ class SandboxState:
     faults: Faults
     signing_key: RSAKey
     http: requests.Session
+    snapshots: Snapshots
 
 
 def init_state(app: Flask, state: SandboxState) -> None:

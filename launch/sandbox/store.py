@@ -1,14 +1,13 @@
 """In-memory, versioned FHIR R4 resource store with the search semantics the sandbox offers.
 
 FHIR R4 "RESTful API" (read, vread, history, create, update) and "Search" (token, reference and
-result parameters) pages. Thread-safe: every access holds one re-entrant lock.
+result parameters) pages. Thread-safe: reads share a readers-writer lock, writes hold it alone.
 """
 
 from __future__ import annotations
 
 import copy
 import re
-import threading
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
@@ -18,6 +17,7 @@ from urllib.parse import parse_qsl
 
 import orjson
 
+from .locks import ReadWriteLock
 from .outcome import FhirHttpError, JsonDict, bad_request
 from .resource_types import RESOURCE_TYPES
 
@@ -41,13 +41,20 @@ TOKEN_PATHS: dict[str, tuple[str, ...]] = {
     "verification-status": ("verificationStatus",),
     "type": ("type",),
 }
+#: The result parameter of the sandbox's ``next`` links that names a search snapshot (its paging cursor).
+CURSOR_PARAM = "_cursor"
 #: Parameters this store understands; others are ignored (lenient handling) or refused (strict).
 SEARCH_PARAMS = frozenset(
     {"patient", "subject", "code", "category", "_id", "identifier", "_tag", "status"} | set(TOKEN_PATHS)
 )
 RESULT_PARAMS = frozenset(
-    {"_count", "_offset", "_sort", "_format", "_pretty", "_total", "_summary", "_elements"}
+    {"_count", "_offset", "_sort", "_format", "_pretty", "_total", "_summary", "_elements", CURSOR_PARAM}
 )
+#: Reference elements indexed per type, and the elements each reference search parameter looks at.
+INDEXED_REFERENCE_PATHS: tuple[str, ...] = ("subject", "patient")
+INDEXED_ELEMENTS: dict[str, tuple[str, ...]] = {"patient": ("subject", "patient"), "subject": ("subject",)}
+#: ``meta.versionId`` styles: "integer" (1, 2, 3, ...) or "opaque" (a UUID per version).
+VERSION_ID_STYLES = ("integer", "opaque")
 
 
 def now_instant() -> str:
@@ -228,21 +235,39 @@ def split_search_params(
 
 
 class Store:
-    """Versioned resources: ``{type: {id: [v1, v2, ...]}}``; readers get the stored dicts and must not
-    change them."""
+    """Versioned resources, ``{type: {id: [v1, v2, ...]}}``, with indexes for the searches apps make.
 
-    def __init__(self) -> None:
-        self.lock = threading.RLock()
+    Readers get the stored dicts and must not change them (a version, once stored, never changes, so a
+    search result stays valid as a snapshot). Reads and searches share the lock's read side and run
+    side by side; writes take ``lock`` (the write side, re-entrant), which also serialises the
+    read-then-write steps of conditional creates and transactions.
+
+    Indexes, kept per resource type: the ids whose current version refers to ``Type/id`` in
+    ``subject`` or ``patient`` (the ``patient`` and ``subject`` search parameters), in creation order,
+    and each current version's patient compartments (SMART patient-level scopes).
+    """
+
+    def __init__(self, *, version_ids: str = "integer") -> None:
+        if version_ids not in VERSION_ID_STYLES:
+            raise ValueError(f"version_ids must be one of {VERSION_ID_STYLES}, not {version_ids!r}")
+        self.version_ids = version_ids
+        self.lock = ReadWriteLock()
         self._data: dict[str, dict[str, list[JsonDict]]] = {}
+        self._created: dict[tuple[str, str], int] = {}  # (type, id) -> creation sequence number
+        self._sequence = 0
+        # (type, element, "Type/id") -> {id: creation sequence}, ordered by creation.
+        self._by_reference: dict[tuple[str, str, str], dict[str, int]] = {}
+        # (type, id) -> index keys of the current version, and its patient compartments.
+        self._indexed: dict[tuple[str, str], tuple[frozenset[tuple[str, str]], frozenset[str]]] = {}
 
     # -- reads -----------------------------------------------------------------------------------------
     def read(self, rtype: str, rid: str) -> JsonDict | None:
-        with self.lock:
+        with self.lock.read():
             versions = self._data.get(rtype, {}).get(rid)
             return versions[-1] if versions else None
 
     def vread(self, rtype: str, rid: str, vid: str) -> JsonDict | None:
-        with self.lock:
+        with self.lock.read():
             for version in self._data.get(rtype, {}).get(rid, []):
                 if version["meta"]["versionId"] == vid:
                     return version
@@ -250,27 +275,70 @@ class Store:
 
     def history(self, rtype: str, rid: str) -> list[JsonDict]:
         """All versions, newest first (FHIR R4 "RESTful API" §3.1.0.4 history)."""
-        with self.lock:
+        with self.lock.read():
             return list(reversed(self._data.get(rtype, {}).get(rid, [])))
 
     def all_of_type(self, rtype: str) -> list[JsonDict]:
-        with self.lock:
+        with self.lock.read():
             return [versions[-1] for versions in self._data.get(rtype, {}).values()]
 
     def count(self) -> int:
-        with self.lock:
+        with self.lock.read():
             return sum(len(by_id) for by_id in self._data.values())
 
     def search(
-        self, rtype: str, filters: Sequence[tuple[str, str]], sort: str | None = None
+        self,
+        rtype: str,
+        filters: Sequence[tuple[str, str]],
+        sort: str | None = None,
+        *,
+        compartment: str | None = None,
     ) -> list[JsonDict]:
-        """Current versions of ``rtype`` matching every filter (AND); comma-separated values are OR."""
-        matches = [r for r in self.all_of_type(rtype) if all(_matches_param(r, n, v) for n, v in filters)]
+        """Current versions of ``rtype`` matching every filter (AND; comma-separated values are OR), in
+        creation order unless sorted. ``compartment``: only resources in that patient's compartment
+        (or in no patient's). A ``patient``/``subject`` filter is answered from the index, so a search
+        costs the patient's resources of that type, not the store."""
+        with self.lock.read():
+            by_id = self._data.get(rtype, {})
+            ids, refs, rest = self._candidates(rtype, filters)
+            if compartment is not None:
+                member = f"Patient/{compartment}"
+                # Every resource found by its subject/patient reference to the member is in its compartment.
+                if refs != [member]:
+                    indexed = self._indexed
+                    ids = [rid for rid in ids if not (comps := indexed[(rtype, rid)][1]) or member in comps]
+            candidates = [by_id[rid][-1] for rid in ids]
+            if rest:
+                candidates = [r for r in candidates if all(_matches_param(r, n, v) for n, v in rest)]
         if sort in ("_lastUpdated", "-_lastUpdated"):
-            matches.sort(key=lambda r: str(r["meta"]["lastUpdated"]), reverse=sort.startswith("-"))
+            candidates.sort(key=lambda r: str(r["meta"]["lastUpdated"]), reverse=sort.startswith("-"))
         elif sort in ("_id", "-_id"):
-            matches.sort(key=lambda r: str(r["id"]), reverse=sort.startswith("-"))
-        return matches
+            candidates.sort(key=lambda r: str(r["id"]), reverse=sort.startswith("-"))
+        return candidates
+
+    def _candidates(
+        self, rtype: str, filters: Sequence[tuple[str, str]]
+    ) -> tuple[Iterable[str], list[str] | None, list[tuple[str, str]]]:
+        """The ids one indexed filter selects (in creation order), the references it asked for, and the
+        filters still to apply; without an indexed filter, every id of the type."""
+        if rtype != "Patient":
+            for position, (name, value) in enumerate(filters):
+                refs = _indexable_references(name, value)
+                if refs is None:
+                    continue
+                found: list[dict[str, int]] = [
+                    ids
+                    for ref in refs
+                    for element in INDEXED_ELEMENTS[name]
+                    if (ids := self._by_reference.get((rtype, element, ref)))
+                ]
+                if len(found) == 1:
+                    ordered: Iterable[str] = found[0]
+                else:
+                    merged = {rid: seq for ids in found for rid, seq in ids.items()}
+                    ordered = sorted(merged, key=merged.__getitem__)
+                return ordered, refs, [*filters[:position], *filters[position + 1 :]]
+        return self._data.get(rtype, {}), None, list(filters)
 
     def conditional_matches(self, rtype: str, query: str) -> list[JsonDict]:
         """Resolve an ``If-None-Exist`` / ``ifNoneExist`` query (FHIR R4 "RESTful API" §3.1.0.8)."""
@@ -285,17 +353,27 @@ class Store:
     def new_id(self) -> str:
         return str(uuid.uuid4())
 
-    def put_version(self, resource: JsonDict, *, when: str | None = None) -> JsonDict:
-        """Store ``resource`` (which has an id) as the next version, setting meta.versionId/lastUpdated."""
+    def _version_id(self, previous: int) -> str:
+        """Integer ids count versions (1, 2, ...); opaque ids are UUIDs, as some servers use (FHIR R4
+        leaves ``meta.versionId`` to the server: clients must not assume a format)."""
+        return str(previous + 1) if self.version_ids == "integer" else str(uuid.uuid4())
+
+    def put_version(self, resource: JsonDict, *, when: str | None = None, adopt: bool = False) -> JsonDict:
+        """Store ``resource`` (which has an id) as the next version, setting meta.versionId/lastUpdated.
+        ``adopt``: the store takes the dict itself instead of a copy (the caller hands it over)."""
         rtype, rid = str(resource["resourceType"]), str(resource["id"])
         with self.lock:
             versions = self._data.setdefault(rtype, {}).setdefault(rid, [])
-            stored = copy.deepcopy(resource)
+            stored = resource if adopt else copy.deepcopy(resource)
             meta = dict(stored.get("meta") or {})
-            meta["versionId"] = str(len(versions) + 1)
+            meta["versionId"] = self._version_id(len(versions))
             meta["lastUpdated"] = when or now_instant()
             stored["meta"] = meta
             versions.append(stored)
+            if (rtype, rid) not in self._created:
+                self._sequence += 1
+                self._created[(rtype, rid)] = self._sequence
+            self._reindex(rtype, rid, stored)
             return stored
 
     def drop_version(self, rtype: str, rid: str) -> None:
@@ -307,6 +385,35 @@ class Store:
                 versions.pop()
                 if not versions:
                     del by_id[rid]
+                self._reindex(rtype, rid, versions[-1] if versions else None)
+                if not versions:
+                    del self._created[(rtype, rid)]
+
+    def _reindex(self, rtype: str, rid: str, current: JsonDict | None) -> None:
+        old_keys, _ = self._indexed.pop((rtype, rid), (frozenset(), frozenset()))
+        new_keys: frozenset[tuple[str, str]] = frozenset()
+        if current is not None:
+            new_keys = frozenset(
+                (element, local_reference(ref))
+                for element in INDEXED_REFERENCE_PATHS
+                for item in _as_list(current.get(element))
+                if (ref := reference_of(item))
+            )
+            self._indexed[(rtype, rid)] = (new_keys, frozenset(patient_references(current)))
+        for element, ref in old_keys - new_keys:
+            key = (rtype, element, ref)
+            ids = self._by_reference[key]
+            del ids[rid]
+            if not ids:
+                del self._by_reference[key]
+        seq = self._created[(rtype, rid)]
+        for element, ref in new_keys - old_keys:
+            key = (rtype, element, ref)
+            ids = self._by_reference.setdefault(key, {})
+            later = bool(ids) and ids[next(reversed(ids))] > seq
+            ids[rid] = seq
+            if later:  # keep creation order when an update moves an older resource here
+                self._by_reference[key] = dict(sorted(ids.items(), key=lambda item: item[1]))
 
     def create(self, resource: JsonDict) -> JsonDict:
         """Create with a server-assigned id (an id in the body is ignored, per "RESTful API" create)."""
@@ -360,7 +467,7 @@ class Store:
                         f"{source}: duplicate resource {resource['resourceType']}/{resource['id']}"
                     )
                 when = (resource.get("meta") or {}).get("lastUpdated")
-                self.put_version(resource, when=when if isinstance(when, str) else None)
+                self.put_version(resource, when=when if isinstance(when, str) else None, adopt=True)
         return len(prepared)
 
     def load_file(self, path: Path) -> int:
@@ -369,6 +476,24 @@ class Store:
         except orjson.JSONDecodeError as exc:
             raise ValueError(f"{path}: not JSON ({exc})") from exc
         return self.load_bundle(data, str(path))
+
+
+def _indexable_references(name: str, value: str) -> list[str] | None:
+    """The ``Type/id`` references a ``patient``/``subject`` filter asks for, or ``None`` when it cannot
+    be answered from the index (another parameter, or a bare ``subject`` id of unknown type)."""
+    if name not in INDEXED_ELEMENTS:
+        return None
+    refs: list[str] = []
+    for alternative in value.split(","):
+        if not alternative:
+            continue
+        ref = local_reference(alternative)
+        if "/" not in ref:
+            if name != "patient":
+                return None
+            ref = f"Patient/{ref}"
+        refs.append(ref)
+    return refs or None
 
 
 def resolve_references(value: Any, ids: dict[str, str]) -> Any:

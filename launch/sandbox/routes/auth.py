@@ -5,18 +5,21 @@ Launch and Authorization", steps "Obtain authorization code" and "Obtain access 
 from __future__ import annotations
 
 import hmac
-import time
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urlencode
 
 from flask import Blueprint, Response, current_app, jsonify, render_template, request
 from joserfc import jwt
 
+from ..context import token_context
 from ..directory import patients, practitioners
 from ..faults import fault_response
 from ..keys import public_jwks
-from ..oauth import Client, Grant, OAuthError, s256, valid_verifier
+from ..oauth import GRANT_TYPES, Client, Grant, OAuthError, s256, valid_verifier
+from ..outcome import JsonDict
 from ..scopes import grant as grant_scopes
+from ..scopes import parse_clinical
 from ..state import fhir_base, get_state, public_url, token_endpoint
 
 bp = Blueprint("auth", __name__, url_prefix="/auth")
@@ -56,6 +59,8 @@ def authorize() -> Response:
     client = state_obj.clients.get(params.get("client_id", ""))
     if client is None:
         return _error_page("invalid_request", "Unknown client_id.")
+    if "authorization_code" not in client.grant_types:
+        return _error_page("unauthorized_client", "This client is not registered for user sign-in.")
     redirect_uri = params.get("redirect_uri", "")
     if redirect_uri not in client.redirect_uris:
         return _error_page("invalid_request", "redirect_uri is missing or not registered for this client.")
@@ -95,7 +100,13 @@ def authorize() -> Response:
         if launch is None:
             return fail("invalid_request", "unknown or expired launch")
         user = launch.user or str(current_app.config["DEFAULT_USER"])
-        return _issue_code(request_data, user=user, patient=launch.patient, encounter=launch.encounter)
+        return _issue_code(
+            request_data,
+            user=user,
+            patient=launch.patient,
+            encounter=launch.encounter,
+            fhir_context=launch.fhir_context,
+        )
     pending = state_obj.auth.add_pending(request_data, float(current_app.config["PENDING_TTL"]))
     return Response(
         render_template(
@@ -131,17 +142,25 @@ def decide() -> Response:
     return _issue_code(data, user=user, patient=patient, encounter=None)
 
 
-def _issue_code(data: dict[str, Any], *, user: str, patient: str | None, encounter: str | None) -> Response:
+def _issue_code(
+    data: dict[str, Any],
+    *,
+    user: str,
+    patient: str | None,
+    encounter: str | None,
+    fhir_context: tuple[JsonDict, ...] = (),
+) -> Response:
     grant = Grant(
         client_id=str(data["client_id"]),
         scopes=tuple(data["scopes"]),
         user=user,
         patient=patient,
         encounter=encounter,
-        expires_at=time.time() + float(current_app.config["CODE_TTL"]),
+        expires_at=get_state().auth.clock() + float(current_app.config["CODE_TTL"]),
         nonce=data.get("nonce"),
         redirect_uri=str(data["redirect_uri"]),
         code_challenge=str(data["code_challenge"]),
+        fhir_context=fhir_context,
     )
     code = get_state().auth.add_code(grant)
     return _redirect(str(data["redirect_uri"]), {"code": code, "state": data.get("state")})
@@ -182,19 +201,27 @@ def token() -> Response:
             http=state_obj.http,
             jwks_ttl=float(current_app.config["JWKS_CACHE_TTL"]),
         )
-        grant_type = form.get("grant_type")
+        grant_type = form.get("grant_type", "")
+        if grant_type not in GRANT_TYPES:
+            raise OAuthError("unsupported_grant_type", f"grant_type must be one of {', '.join(GRANT_TYPES)}")
+        if grant_type not in client.grant_types:
+            raise OAuthError("unauthorized_client", f"this client may not use the {grant_type} grant")
         if grant_type == "authorization_code":
             grant = _redeem_code(client, form)
-            return _no_store(jsonify(_token_response(client, grant, with_id_token=True)))
+            return _no_store(jsonify(_token_response(client, grant, issue="code")))
         if grant_type == "refresh_token":
             if not form.get("refresh_token"):
                 raise OAuthError("invalid_request", "refresh_token is required")
             scope = form.get("scope")
-            grant = state_obj.auth.rotate_refresh(
-                form["refresh_token"], client.client_id, scope.split() if scope else None
+            grant = state_obj.auth.use_refresh(
+                form["refresh_token"],
+                client.client_id,
+                scope.split() if scope else None,
+                rotation=str(current_app.config["REFRESH_TOKEN_ROTATION"]),
             )
-            return _no_store(jsonify(_token_response(client, grant, with_id_token=False)))
-        raise OAuthError("unsupported_grant_type", "grant_type must be authorization_code or refresh_token")
+            return _no_store(jsonify(_token_response(client, grant, issue="refresh")))
+        grant = _client_credentials(client, form)
+        return _no_store(jsonify(_token_response(client, grant, issue="client")))
     except OAuthError as exc:
         return _token_error(exc)
 
@@ -215,31 +242,66 @@ def _redeem_code(client: Client, form: dict[str, str]) -> Grant:
     return grant
 
 
-def _token_response(client: Client, grant: Grant, *, with_id_token: bool) -> dict[str, Any]:
-    """SMART "Obtain access token" response, with the launch context parameters."""
+def _client_credentials(client: Client, form: dict[str, str]) -> Grant:
+    """Client credentials grant (RFC 6749 §4.4; SMART App Launch 2.x "Backend Services"): the client's
+    own token for the ``user/`` or ``system/`` scopes it asks for and may have; no patient, no launch
+    context, no refresh token."""
+    requested = form.get("scope", "").split()
+    if not requested:
+        raise OAuthError("invalid_scope", "scope is required")
+    granted = [
+        scope
+        for scope in grant_scopes(requested, client.scopes)
+        if (clinical := parse_clinical(scope)) is not None and clinical.context in ("user", "system")
+    ]
+    if not granted:
+        raise OAuthError("invalid_scope", "none of the requested user/ or system/ scopes can be granted")
+    return Grant(
+        client_id=client.client_id,
+        scopes=tuple(granted),
+        user=client.user,
+        patient=None,
+        encounter=None,
+        expires_at=0.0,
+    )
+
+
+def _token_response(client: Client, grant: Grant, *, issue: str) -> dict[str, Any]:
+    """The token response ("Obtain access token"): for ``issue`` "code" and "refresh" with the launch
+    context parameters (and, for "code", an id_token); for "client" the bare token (Backend Services).
+    Refreshes within ``ACCESS_TOKEN_REUSE_WINDOW`` may get the same access token again; with
+    ``REFRESH_TOKEN_ROTATION`` "none" a refresh returns no new refresh token."""
     config = current_app.config
     auth = get_state().auth
-    now = time.time()
-    access_ttl = int(config["ACCESS_TOKEN_TTL"])
-    access = Grant(**{**grant.__dict__, "expires_at": now + access_ttl})
+    reuse = float(config["ACCESS_TOKEN_REUSE_WINDOW"]) if issue == "refresh" else 0.0
+    token, access = auth.issue_access(grant, float(config["ACCESS_TOKEN_TTL"]), reuse_within=reuse)
+    now = auth.clock()
     body: dict[str, Any] = {
-        "access_token": auth.add_access(access),
+        "access_token": token,
         "token_type": "Bearer",
-        "expires_in": access_ttl,
+        "expires_in": max(0, int(access.expires_at - now)),
         "scope": " ".join(grant.scopes),
-        "need_patient_banner": True,
-        "smart_style_url": public_url() + "/smart-style.json",
     }
-    if grant.patient:
-        body["patient"] = grant.patient
-    if grant.encounter:
-        body["encounter"] = grant.encounter
+    if issue == "client":
+        return body
+    body["need_patient_banner"] = True
+    body["smart_style_url"] = public_url() + "/smart-style.json"
+    body.update(
+        token_context(
+            grant.patient,
+            grant.encounter,
+            grant.fhir_context,
+            encounter_format=str(config["EHR_LAUNCH_ENCOUNTER_FORMAT"]),
+            fhir_base=fhir_base(),
+        )
+    )
     if grant.user:
         body["fhirUser"] = grant.user
-    if {"offline_access", "online_access"} & set(grant.scopes):
-        refresh = Grant(**{**grant.__dict__, "expires_at": now + float(config["REFRESH_TOKEN_TTL"])})
+    rotates = issue == "code" or config["REFRESH_TOKEN_ROTATION"] != "none"
+    if rotates and {"offline_access", "online_access"} & set(grant.scopes):
+        refresh = replace(grant, expires_at=now + float(config["REFRESH_TOKEN_TTL"]))
         body["refresh_token"] = auth.add_refresh(refresh)
-    if with_id_token and "openid" in grant.scopes and grant.user:
+    if issue == "code" and "openid" in grant.scopes and grant.user:
         body["id_token"] = _id_token(client, grant, now)
     return body
 

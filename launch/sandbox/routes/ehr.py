@@ -3,16 +3,17 @@ another origin (SMART App Launch 2.x "EHR Launch": ``{launch URL}?iss=...&launch
 
 from __future__ import annotations
 
-import time
 from typing import Any
 from urllib.parse import urlencode
 
 from flask import Blueprint, Response, current_app, jsonify, redirect, render_template, request
 from werkzeug.wrappers import Response as WerkzeugResponse
 
+from ..context import ContextError, checked_items, encounter_items
 from ..directory import display_name, latest_encounter, patients, practitioners
 from ..oauth import Launch
 from ..state import fhir_base, get_state
+from ..store import patient_references
 
 bp = Blueprint("ehr", __name__)
 
@@ -25,43 +26,70 @@ def root() -> WerkzeugResponse:
 @bp.get("/ehr")
 def index() -> str:
     store = get_state().store
-    return render_template("ehr.html", patients=patients(store), practitioners=practitioners(store))
+    return render_template(
+        "ehr.html",
+        patients=patients(store),
+        practitioners=practitioners(store),
+        latest_encounter=current_app.config["EHR_LAUNCH_ENCOUNTER"] == "latest",
+    )
 
 
 class LaunchRequestError(ValueError):
     pass
 
 
-def create_launch(patient_id: str, encounter: str | None, user: str | None) -> dict[str, str | None]:
-    """Record a launch context and return the app URL that carries it."""
+#: The ``encounter`` of a launch request that asks for the patient's latest Encounter.
+LATEST_ENCOUNTER = "@latest"
+
+
+def create_launch(
+    patient_id: str, encounter: str | None, user: str | None, fhir_context: Any = None
+) -> dict[str, Any]:
+    """Record a launch context and return the app URL that carries it.
+
+    ``encounter``: one of the patient's Encounters (``<id>`` or ``Encounter/<id>``), ``""`` for none,
+    ``@latest`` for the patient's latest, or ``None`` to follow ``EHR_LAUNCH_ENCOUNTER`` ("latest" or
+    "named": only a named one). ``fhir_context``: extra SMART ``fhirContext`` items; items naming the
+    encounter in the ``EHR_LAUNCH_FHIR_CONTEXT`` forms come first.
+    """
     state = get_state()
+    config = current_app.config
     if not patient_id or state.store.read("Patient", patient_id) is None:
         raise LaunchRequestError("unknown patient")
     if encounter is None:
-        encounter = latest_encounter(state.store, patient_id)
-    elif encounter == "":
-        encounter = None
-    elif state.store.read("Encounter", encounter.removeprefix("Encounter/")) is None:
-        raise LaunchRequestError("unknown encounter")
-    else:
-        encounter = "Encounter/" + encounter.removeprefix("Encounter/")
-    user = user or str(current_app.config["DEFAULT_USER"])
+        encounter = LATEST_ENCOUNTER if config["EHR_LAUNCH_ENCOUNTER"] == "latest" else ""
+    record = None
+    if encounter == LATEST_ENCOUNTER:
+        record = latest_encounter(state.store, patient_id)
+    elif encounter:
+        record = state.store.read("Encounter", encounter.removeprefix("Encounter/"))
+        if record is None or f"Patient/{patient_id}" not in patient_references(record):
+            raise LaunchRequestError("unknown encounter for this patient")
+    user = user or str(config["DEFAULT_USER"])
     if not user.startswith("Practitioner/") or state.store.read("Practitioner", user[13:]) is None:
         raise LaunchRequestError("unknown practitioner")
+    try:
+        items = checked_items(fhir_context)
+    except ContextError as exc:
+        raise LaunchRequestError(str(exc)) from None
+    if record is not None:
+        items = encounter_items(record, config["EHR_LAUNCH_FHIR_CONTEXT"], fhir_base()) + items
     launch = Launch(
         patient=patient_id,
-        encounter=encounter.removeprefix("Encounter/") if encounter else None,
+        encounter=str(record["id"]) if record is not None else None,
         user=user,
-        expires_at=time.time() + float(current_app.config["LAUNCH_TTL"]),
+        expires_at=state.auth.clock() + float(config["LAUNCH_TTL"]),
+        fhir_context=tuple(items),
     )
     launch_id = state.auth.add_launch(launch)
-    url = f"{current_app.config['APP_LAUNCH_URL']}?{urlencode({'iss': fhir_base(), 'launch': launch_id})}"
+    url = f"{config['APP_LAUNCH_URL']}?{urlencode({'iss': fhir_base(), 'launch': launch_id})}"
     return {
         "launch": launch_id,
         "url": url,
         "iss": fhir_base(),
         "patient": patient_id,
         "encounter": launch.encounter,
+        "fhirContext": items,
         "user": user,
     }
 
@@ -88,9 +116,11 @@ def launch_page() -> Response:
     return Response(html)
 
 
-def _json_launch(patient: str, encounter: str | None, user: str | None, status: int) -> Response:
+def _json_launch(
+    patient: str, encounter: str | None, user: str | None, status: int, fhir_context: Any = None
+) -> Response:
     try:
-        body = create_launch(patient, encounter, user)
+        body = create_launch(patient, encounter, user, fhir_context)
     except LaunchRequestError as exc:
         response = jsonify({"error": "invalid_request", "error_description": str(exc)})
         response.status_code = 400
@@ -102,10 +132,17 @@ def _json_launch(patient: str, encounter: str | None, user: str | None, status: 
 
 @bp.post("/ehr/launches")
 def launches() -> Response:
-    """JSON (or form) ``{patient, encounter?, user?}`` → 201 with the launch id and URL."""
+    """JSON (or form) ``{patient, encounter?, user?, fhirContext?}`` → 201 with the launch id and URL."""
     raw = request.get_json(silent=True) if request.is_json else request.form.to_dict()
     data: dict[str, Any] = raw if isinstance(raw, dict) else {}
-    return _json_launch(str(data.get("patient", "")), data.get("encounter"), data.get("user"), 201)
+    encounter = data.get("encounter")
+    return _json_launch(
+        str(data.get("patient", "")),
+        str(encounter) if encounter is not None else None,
+        data.get("user"),
+        201,
+        data.get("fhirContext"),
+    )
 
 
 @bp.get("/ehr/launch-url")

@@ -108,13 +108,22 @@ def _access() -> Access:
 
 def _interactions() -> Interactions:
     config = current_app.config
+    state = get_state()
     return Interactions(
-        get_state().store,
+        state.store,
         _access(),
         fhir_base(),
+        snapshots=state.snapshots,
         default_count=int(config["DEFAULT_COUNT"]),
         max_count=int(config["MAX_COUNT"]),
+        location_base=str(config["LOCATION_BASE"] or ""),
     )
+
+
+def _location_base() -> str:
+    """The base of ``Location`` headers: ``LOCATION_BASE`` (a proxied server's own address) or the
+    public FHIR base."""
+    return str(current_app.config["LOCATION_BASE"] or fhir_base())
 
 
 def _known_type(rtype: str) -> None:
@@ -154,7 +163,7 @@ def _resource_response(resource: JsonDict, status: int = 200) -> Response:
 def _write_response(status: int, stored: JsonDict) -> Response:
     """Create/update answer with Location, ETag, Last-Modified, body per ``Prefer: return=``."""
     headers = {
-        "Location": f"{fhir_base()}/{location(stored)}",
+        "Location": location(stored, _location_base()),
         "ETag": etag(stored),
         "Last-Modified": _http_date(stored["meta"]["lastUpdated"]),
     }

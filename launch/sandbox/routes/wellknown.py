@@ -57,7 +57,7 @@ def smart_configuration() -> dict[str, object]:
         # REQUIRED for launch-ehr / launch-standalone.
         "authorization_endpoint": authorize_endpoint(),
         # REQUIRED.
-        "grant_types_supported": ["authorization_code", "refresh_token"],
+        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
         # REQUIRED.
         "token_endpoint": token_endpoint(),
         # OPTIONAL.
@@ -72,6 +72,7 @@ def smart_configuration() -> dict[str, object]:
             "patient/*.write",
             "user/*.read",
             "user/*.write",
+            "system/*.rs",
         ],
         # RECOMMENDED.
         "response_types_supported": ["code"],
