@@ -12,13 +12,13 @@ $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "make: $(PYTHON) not found (set PYTHON=...)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(BIN)/python
+$(STAMP): pyproject.toml launch/pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -e ".[test]" -e ./launch
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/smart-app demo
+	$(BIN)/back-mice-sandbox demo
 
 test: $(STAMP)
 	$(BIN)/python tests/setup_test_deps.py

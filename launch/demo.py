@@ -29,18 +29,6 @@ class Demo:
         self.sandbox.stop()
 
 
-def app_registration_dirs() -> list[str]:
-    """The sandbox's registration of the app (``launch/registrations``) for the app to load, unless
-    the app already loads that directory as its own built-in one."""
-    try:
-        from smart_app.web.session import BUILTIN_REGISTRATIONS
-    except ImportError:
-        return [str(REGISTRATIONS_DIR)]
-    if Path(BUILTIN_REGISTRATIONS).resolve() == REGISTRATIONS_DIR:
-        return []
-    return [str(REGISTRATIONS_DIR)]
-
-
 def start_demo(app_port: int = 8000, sandbox_port: int = 8001, *, ready_timeout: float = 30.0) -> Demo:
     """Start both servers and wait until each answers. The registration and the sandbox's clients name
     ports 8000 and 8001: other ports serve, but launches need matching registrations."""
@@ -61,7 +49,7 @@ def start_demo(app_port: int = 8000, sandbox_port: int = 8001, *, ready_timeout:
         {
             "SECRET_KEY": os.environ.get("SMART_APP_SECRET_KEY") or secrets.token_urlsafe(48),
             "PUBLIC_URL": app_url,
-            "REGISTRATIONS_DIRS": app_registration_dirs(),
+            "REGISTRATIONS_DIRS": [str(REGISTRATIONS_DIR)],
         }
     )
     app_server = ServerThread(app, "localhost", app_port)
