@@ -7,7 +7,7 @@ import random
 from datetime import UTC, datetime
 
 import pytest
-from test_clinical_builders import (
+from clinical_builders import (
     APP,
     AS_OF,
     LOINC,

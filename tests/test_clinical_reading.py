@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import orjson
 import pytest
-from test_clinical_builders import AS_OF, bundle_bytes, lbp, nodule, probable, repro
+from clinical_builders import AS_OF, bundle_bytes, lbp, nodule, probable, repro
 
 from smart_app import fhirjson as fj
 from smart_app.clinical import PatientRecord, UnusableInput, load_bundle

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
-from test_clinical_builders import (
+from clinical_builders import (
     AS_OF,
     RXNORM,
     bundle_bytes,

@@ -18,7 +18,7 @@ from flask.testing import FlaskClient
 from joserfc import jwt
 from joserfc.jwk import KeySet
 from launch_support import launch_of, start_launch
-from test_smart_support import (
+from smart_support import (
     AUTHORIZE,
     ISS,
     JWKS_URI,

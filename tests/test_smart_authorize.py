@@ -7,7 +7,7 @@ import hashlib
 import json
 from urllib.parse import parse_qs, urlsplit
 
-from test_smart_support import AUTHORIZE, ISS, TOKEN, registration
+from smart_support import AUTHORIZE, ISS, TOKEN, registration
 
 from smart_app.smart import pkce
 from smart_app.smart.authorize import PendingAuthorization, scopes_for_launch, start_authorization

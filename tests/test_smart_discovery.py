@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 import responses
-from test_smart_support import (
+from smart_support import (
     AUTHORIZE,
     ISS,
     JWKS_URI,

@@ -9,7 +9,7 @@ import pytest
 import requests
 import responses
 from joserfc.jwk import RSAKey
-from test_smart_support import ISS, JWKS_URI, OTHER_KEY, WELL_KNOWN, ehr_jwks, id_token, smart_configuration
+from smart_support import ISS, JWKS_URI, OTHER_KEY, WELL_KNOWN, ehr_jwks, id_token, smart_configuration
 
 from smart_app.smart.discovery import Discovery
 from smart_app.smart.errors import IdTokenError

@@ -8,7 +8,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from joserfc.jwk import ECKey, RSAKey
-from test_smart_support import write_pem
+from smart_support import write_pem
 
 from smart_app.smart.errors import KeyConfigurationError
 from smart_app.smart.keys import GENERATED, load_app_keys

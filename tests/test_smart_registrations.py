@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_smart_support import ISS, SECRET, SECRET_ENV, registration_json, write_registration
+from smart_support import ISS, SECRET, SECRET_ENV, registration_json, write_registration
 
 from smart_app.smart.errors import RegistrationError
 from smart_app.smart.registrations import load_registration_file, load_registrations

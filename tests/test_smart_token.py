@@ -12,7 +12,7 @@ import requests
 import responses
 from joserfc import jwt
 from joserfc.jwk import ECKey, KeySet, RSAKey
-from test_smart_support import SECRET, SECRET_ENV, TOKEN, registration, token_response
+from smart_support import SECRET, SECRET_ENV, TOKEN, registration, token_response
 
 from smart_app.smart.errors import LaunchContextError, TokenError
 from smart_app.smart.keys import AppKeys
