@@ -24,7 +24,7 @@ test: $(STAMP)
 	$(BIN)/python tests/setup_test_deps.py
 	$(BIN)/ruff check smart_app launch tests benchmarks
 	$(BIN)/mypy
-	$(BIN)/python -m pytest
+	SMART_APP_FAIL_ON_SKIP=1 $(BIN)/python -m pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check smart_app launch tests benchmarks

@@ -7,14 +7,13 @@ app's ``SameSite=None; Secure`` session cookie is sent from inside the iframe.
 
 Import ``live_fixture``, ``chromium_fixture`` and ``page_fixture`` into a test module (registered as
 ``live``, ``chromium`` and ``page``); they need
-``playwright`` (``pip install playwright``) and ``/usr/bin/chromium`` (``apt-get install chromium``), and
-skip with the reason when either is missing.
+``playwright`` (a test dependency in pyproject.toml) and ``/usr/bin/chromium`` (installed by
+``tests/setup_test_deps.py``), and fail with the reason when Chromium is missing.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,10 +114,12 @@ def live_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
 @pytest.fixture(scope="session", name="chromium")
 def chromium_fixture() -> Iterator[Any]:
     """Debian's Chromium driven by Playwright (never downloaded: ``executable_path``)."""
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    if not (os.path.exists(CHROMIUM) or shutil.which("chromium")):
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium)")
-    with sync_api.sync_playwright() as pw:
+    from playwright.sync_api import sync_playwright
+
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing: run tests/setup_test_deps.py as root (apt-get install chromium)",
+                    pytrace=False)
+    with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
             yield browser

@@ -1,106 +1,92 @@
-"""Start the independent FHIR R4 server of ``../shared/fhir-server`` (Medplum's FHIR router, in memory)
-for integration tests.
+"""Start the repository's independent FHIR R4 server (``tests/fhir-server``: Medplum's FhirRouter and
+MemoryRepository behind a small HTTP front end) for integration tests.
 
-The server folder is copied, ``npm ci`` is run once per ``package-lock.json`` (cached under
-``~/.cache/smart-app/fhir-server-<hash>``, or ``$SMART_APP_CACHE``), and ``server.mjs`` is started on a
-free loopback port with the Node that the package installs (``node_modules/.bin/node``), else ``node``.
-Tests that use the ``medplum`` fixture are skipped only when npm is missing and nothing is cached.
+Its npm packages are installed once per ``package-lock.json`` by ``tests/setup_test_deps.py``
+(``npm ci`` into ``~/.cache/smart-app/fhir-server-<hash>``, or under ``$SMART_APP_CACHE``); each server
+runs the repository's own ``*.mjs`` files from a scratch directory whose ``node_modules`` points into
+that install, with the Node 22 that the npm ``node`` package brings. It listens on a port it picks
+itself (``--port 0``) and names it on its first line, so no port is chosen and then lost to another
+program. Tests that use the ``medplum`` fixture fail, with the reason, when npm or node is missing.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
+import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import IO
 
 import pytest
-import requests
 
-ROOT = Path(__file__).resolve().parent.parent
-SERVER_SOURCE = Path(os.environ.get("FHIR_SERVER_DIR", ROOT.parent / "shared" / "fhir-server"))
-CACHE = Path(os.environ.get("SMART_APP_CACHE", Path.home() / ".cache" / "smart-app"))
+from tests.servers import ServerNotReady, wait_until_answering
+from tests.setup_test_deps import FHIR_SERVER_SOURCE, SetupError, install_fhir_server, node_for
+
 #: Medplum refuses a transaction that uses ifNoneExist with more entries than this.
 MEDPLUM_TRANSACTION_LIMIT = 8
+STARTUP_SECONDS = 60.0
+_LISTENING = re.compile(rb"listening on (http://[^\s,]+), FHIR base (\S+)")
 
 
-class ServerUnavailable(RuntimeError):
-    """npm or the server source is missing."""
-
-
-def installed_dir() -> Path:
-    """The cached install for the current package-lock, installing it when missing."""
-    lock = SERVER_SOURCE / "package-lock.json"
-    if not lock.is_file():
-        raise ServerUnavailable(f"no FHIR server source at {SERVER_SOURCE}")
-    key = hashlib.sha256(lock.read_bytes()).hexdigest()[:16]
-    target = CACHE / f"fhir-server-{key}"
-    if (target / "node_modules" / "@medplum" / "fhir-router").is_dir():
-        return target
-    npm = shutil.which("npm")
-    if npm is None:
-        raise ServerUnavailable("npm is not installed, so the Medplum FHIR server cannot be installed")
-    CACHE.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix="fhir-server-", dir=CACHE))
-    shutil.copytree(SERVER_SOURCE, scratch, dirs_exist_ok=True, ignore=shutil.ignore_patterns("node_modules"))
-    subprocess.run(
-        [npm, "ci", "--no-audit", "--no-fund"], cwd=scratch, check=True, capture_output=True, timeout=600
-    )
-    try:
-        scratch.rename(target)
-    except OSError:  # another run installed it meanwhile
-        shutil.rmtree(scratch, ignore_errors=True)
-    return target
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+def run_directory(install: Path, parent: Path) -> Path:
+    """A directory to run the server from: the repository's ``*.mjs`` and the cached ``node_modules``."""
+    directory = Path(tempfile.mkdtemp(prefix="fhir-server-run-", dir=parent))
+    for source in FHIR_SERVER_SOURCE.glob("*.mjs"):
+        shutil.copy2(source, directory / source.name)
+    (directory / "node_modules").symlink_to(install / "node_modules", target_is_directory=True)
+    return directory
 
 
 class MedplumServer:
-    """One running server; ``base_url`` is its FHIR base."""
+    """One running server: ``address`` is where it listens, ``base_url`` its FHIR base (the same unless
+    ``--base-url`` was given in ``options``)."""
 
-    def __init__(self, directory: Path) -> None:
-        node = directory / "node_modules" / ".bin" / "node"
-        executable = str(node) if node.exists() else shutil.which("node")
-        if executable is None:
-            raise ServerUnavailable("node is not installed")
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self._log = tempfile.TemporaryFile()
+    def __init__(self, directory: Path, node: str, options: Sequence[str] = ("--quiet",)) -> None:
+        self._log: IO[bytes] = tempfile.TemporaryFile()
         self.process = subprocess.Popen(
-            [executable, "server.mjs", "--port", str(self.port), "--quiet"],
+            [node, "server.mjs", "--port", "0", "--host", "127.0.0.1", *options],
             cwd=directory,
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
-        self._wait()
+        try:
+            self.address, self.base_url = self._wait_until_ready()
+        except BaseException:
+            self.stop()
+            raise
 
-    def _wait(self, seconds: float = 60.0) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
+    def _wait_until_ready(self) -> tuple[str, str]:
+        """Where the server listens and its FHIR base, once it has said so and answers ``/metadata``."""
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while (match := _LISTENING.search(self._output())) is None:
             if self.process.poll() is not None:
-                raise RuntimeError(f"FHIR server exited: {self.log()}")
-            try:
-                if requests.get(f"{self.base_url}/metadata", timeout=2).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError("FHIR server did not start within 60 s")
+                raise ServerNotReady(
+                    f"the test FHIR server exited with {self.process.returncode}: {self.log()}"
+                )
+            if time.monotonic() >= deadline:
+                raise ServerNotReady(
+                    f"the test FHIR server did not start within {STARTUP_SECONDS:.0f} s: {self.log()}"
+                )
+            time.sleep(0.1)
+        address, base_url = match.group(1).decode(), match.group(2).decode()
+        wait_until_answering(
+            f"{address}/metadata",
+            seconds=max(1.0, deadline - time.monotonic()),
+            process=self.process,
+            output=self.log,
+        )
+        return address, base_url
+
+    def _output(self) -> bytes:
+        self._log.seek(0)
+        return self._log.read()
 
     def log(self) -> str:
-        self._log.seek(0)
-        return self._log.read().decode("utf-8", "replace")[-4000:]
+        """The end of what the server printed."""
+        return self._output().decode("utf-8", "replace")[-4000:]
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -117,8 +103,9 @@ class MedplumPool:
     """Hands out a running server, replacing it after ``uses`` tests: Medplum's in-memory repository
     searches (``ifNoneExist``) slow down as it fills, so a long corpus run restarts it now and then."""
 
-    def __init__(self, directory: Path, uses: int = 40) -> None:
+    def __init__(self, directory: Path, node: str, uses: int = 40) -> None:
         self.directory = directory
+        self.node = node
         self.uses = uses
         self._count = 0
         self._server: MedplumServer | None = None
@@ -128,7 +115,7 @@ class MedplumPool:
             self._server.stop()
             self._server = None
         if self._server is None:
-            self._server = MedplumServer(self.directory)
+            self._server = MedplumServer(self.directory, self.node)
             self._count = 0
         self._count += 1
         return self._server
@@ -140,14 +127,16 @@ class MedplumPool:
 
 
 @pytest.fixture(scope="session")
-def medplum_pool() -> Iterator[MedplumPool]:
-    """Servers for the session (skipped only when npm/node are missing)."""
+def medplum_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MedplumPool]:
+    """Servers for the session; the tests fail with the reason when npm or node is missing."""
     try:
-        pool = MedplumPool(installed_dir())
+        install = install_fhir_server()
+        node = node_for(install)
+    except SetupError as exc:
+        pytest.fail(f"the test FHIR server is not available: {exc}", pytrace=False)
+    pool = MedplumPool(run_directory(install, tmp_path_factory.mktemp("fhir-server")), node)
+    try:
         pool.get()
-    except ServerUnavailable as exc:
-        pytest.skip(str(exc))
-    try:
         yield pool
     finally:
         pool.stop()

@@ -1,20 +1,26 @@
 """End-to-end harness: the sandbox EHR and the app as real HTTP servers on loopback.
 
 The sandbox listens on 127.0.0.1 and the app on localhost, so in a browser they are two sites and the
-app really runs in a cross-site iframe. Ports are free ones chosen by the OS.
+app really runs in a cross-site iframe. Ports are free ones chosen by the OS. These servers need no
+readiness wait: the socket is bound and listening before the serving thread starts, so an early request
+waits in the listen queue. Servers started as separate processes (gunicorn, the test FHIR server) are
+waited for with ``wait_until_answering``.
 """
 
 from __future__ import annotations
 
 import json
 import socket
+import subprocess
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import requests
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 
@@ -24,6 +30,11 @@ class PathOnlyRequestHandler(WSGIRequestHandler):
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         path = self.path.split("?", 1)[0]
         self.log("info", '"%s %s" %s %s', self.command, path, code, size)
+
+
+#: What a server that is still starting answers with: refused or reset connections, connect and read
+#: timeouts (a process that has bound its socket but whose workers are not accepting yet), a body cut off.
+NOT_READY_YET = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
 
 SANDBOX_SECRET = "sandbox-only-client-secret-for-tests"
 SECRET_ENV = "BACK_MICE_TEST_CLIENT_SECRET"
@@ -54,6 +65,39 @@ CLIENT_IDS = {
     "confidential-symmetric": "back-mice-test-symmetric",
     "confidential-asymmetric": "back-mice-test-asymmetric",
 }
+
+
+class ServerNotReady(AssertionError):
+    """A test server that exited, or did not answer before its deadline."""
+
+
+def wait_until_answering(
+    url: str,
+    *,
+    seconds: float = 60.0,
+    attempt_timeout: float = 5.0,
+    process: subprocess.Popen[bytes] | None = None,
+    output: Callable[[], str] | None = None,
+) -> requests.Response:
+    """GET ``url`` until the server answers (any HTTP status) and return that answer.
+
+    Retries everything in ``NOT_READY_YET`` until ``seconds`` have passed in all; each attempt waits at
+    most ``attempt_timeout``. Raises ServerNotReady when ``process`` exits first (with ``output()``,
+    what it printed) or at the deadline (with the last error)."""
+    deadline = time.monotonic() + seconds
+    last_error: Exception | None = None
+    while True:
+        if process is not None and process.poll() is not None:
+            printed = output() if output is not None else ""
+            raise ServerNotReady(f"{url}: the server exited with status {process.returncode}\n{printed}")
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise ServerNotReady(f"{url} did not answer within {seconds:.0f} s (last error: {last_error!r})")
+        try:
+            return requests.get(url, timeout=min(attempt_timeout, max(remaining, 0.1)))
+        except NOT_READY_YET as exc:
+            last_error = exc
+            time.sleep(min(0.2, max(deadline - time.monotonic(), 0)))
 
 
 class LazyApp:

@@ -162,10 +162,10 @@ def axe_violations(frame_handle: Any) -> list[dict[str, Any]]:
     """Serious and critical axe-core violations in the app's iframe document (WCAG 2.x A/AA rules and
     axe's best practices). Every ``<details>`` is opened first, so the evidence and the raw FHIR JSON
     behind the toggles are checked too (axe skips hidden content)."""
-    axe = pytest.importorskip("axe_playwright_python.sync_playwright",
-                              reason="axe-playwright-python is not installed")
+    from axe_playwright_python.sync_playwright import Axe
+
     frame_handle.evaluate("document.querySelectorAll('details').forEach(d => { d.open = true; })")
-    results = axe.Axe().run(frame_handle)
+    results = Axe().run(frame_handle)
     violations = results.response["violations"]
     return [v for v in violations if v.get("impact") in AXE_BLOCKING]
 

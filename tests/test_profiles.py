@@ -175,17 +175,14 @@ def test_slice_profiles() -> None:
 
 
 def test_snapshots_are_up_to_date() -> None:
-    from tests.medplum_server import ServerUnavailable, installed_dir
+    from tests.setup_test_deps import install_fhir_server
 
     module = build_script()
     base = module.find_base_file()
     if base is None or not Path(base).is_file():
-        try:
-            installed_dir()  # the R4 base definitions come with the independent FHIR server's npm install
-        except ServerUnavailable as exc:
-            pytest.skip(f"R4 base definitions not installed: {exc}")
-        base = module.find_base_file()
-    assert base is not None and Path(base).is_file()
+        # the R4 base definitions come with the test FHIR server's npm install (tests/fhir-server)
+        base = install_fhir_server() / module._R4_RELATIVE
+    assert Path(base).is_file(), base
     for path, text in module.build(PACKAGE_DIR, base).items():
         assert path.read_text(encoding="utf-8") == text, f"{path.name}: run fhir_profiles/build_snapshots.py"
 

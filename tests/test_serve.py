@@ -6,11 +6,12 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import requests
+
+from tests.servers import wait_until_answering
 
 pytestmark = pytest.mark.e2e
 
@@ -47,15 +48,10 @@ def serve(tmp_path: Path, **env: str) -> tuple[subprocess.Popen[bytes], str]:
 
 
 def wait_for(url: str, process: subprocess.Popen[bytes]) -> requests.Response:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(process.communicate()[0].decode())
-        try:
-            return requests.get(url, timeout=2)
-        except requests.ConnectionError:
-            time.sleep(0.2)
-    raise AssertionError(f"{url} did not answer")
+    """The first answer from ``url`` once gunicorn's workers accept (ServerNotReady if it exits)."""
+    return wait_until_answering(
+        url, seconds=90, process=process, output=lambda: process.communicate()[0].decode()
+    )
 
 
 def test_serve_runs_the_app_under_gunicorn_with_settings_from_the_environment(tmp_path: Path) -> None:

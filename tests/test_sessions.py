@@ -27,7 +27,7 @@ def free_port() -> int:
 def redis_url(tmp_path: Path) -> Iterator[str]:
     server = shutil.which("redis-server")
     if server is None:
-        pytest.skip("redis-server is not installed (make test installs it when run as root)")
+        pytest.fail("redis-server is missing: run tests/setup_test_deps.py as root", pytrace=False)
     port = free_port()
     process = subprocess.Popen(
         [
@@ -47,12 +47,14 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+        deadline = time.monotonic() + 30
+        while True:  # refused until redis listens; OSError covers resets and connect timeouts too
             try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 break
-            except OSError:
+            except OSError as exc:
+                if process.poll() is not None or time.monotonic() >= deadline:
+                    pytest.fail(f"redis-server on port {port} did not start: {exc!r}", pytrace=False)
                 time.sleep(0.05)
         yield f"redis://127.0.0.1:{port}/0"
     finally:

@@ -1,4 +1,4 @@
-"""Write-back against an independent FHIR R4 server: Medplum's FHIR router (``../shared/fhir-server``),
+"""Write-back against an independent FHIR R4 server: Medplum's FHIR router (``tests/fhir-server``),
 which validates every create against the R4 StructureDefinitions.
 
 For every sandbox patient and clinical case: seed its resources (a batch of PUTs, so the server assigns
