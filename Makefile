@@ -22,12 +22,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python tests/setup_test_deps.py
-	$(BIN)/ruff check smart_app launch tests benchmarks
+	$(BIN)/ruff check smart_app launch tests benchmarks fhir_profiles
 	$(BIN)/mypy
 	SMART_APP_FAIL_ON_SKIP=1 $(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check smart_app launch tests benchmarks
+	$(BIN)/ruff check smart_app launch tests benchmarks fhir_profiles
 	$(BIN)/mypy
 
 bench: $(STAMP)

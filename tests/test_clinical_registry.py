@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from criteria_support import hypothetical_release, release_dir
 from clinical_builders import AS_OF, bundle_bytes, confirmed, pain, probable
+from criteria_support import hypothetical_release, release_dir
 
 from smart_app.clinical import CriteriaError, assess, load_bundle, load_registry
 from smart_app.clinical.criteria import default_registry
