@@ -6,12 +6,12 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pytest
 from werkzeug.serving import make_server
 
 from launch.sandbox import create_app as create_sandbox
@@ -88,8 +88,9 @@ class Sandbox:
         return info
 
 
-@pytest.fixture
-def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
+@contextmanager
+def http_sandbox(tmp_path: Path) -> Iterator[Sandbox]:
+    """The sandbox EHR as a real HTTP server on a free loopback port, with the records' stored dates."""
     app = create_sandbox(
         {
             "TESTING": True,

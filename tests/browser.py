@@ -13,13 +13,10 @@ Import ``live_fixture``, ``chromium_fixture`` and ``page_fixture`` into a test m
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -99,50 +96,6 @@ def start_servers(tmp: Path, *, scopes: list[str] | None = None, sandbox_config:
 
 def stop_servers(servers: Servers) -> None:
     servers.stack.stop()
-
-
-@pytest.fixture(scope="module", name="live")
-def live_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
-    """The sandbox EHR and the app, running for the test module."""
-    pair = start_servers(tmp_path_factory.mktemp("live"))
-    try:
-        yield pair
-    finally:
-        stop_servers(pair)
-
-
-@pytest.fixture(scope="session", name="chromium")
-def chromium_fixture() -> Iterator[Any]:
-    """Debian's Chromium driven by Playwright (never downloaded: ``executable_path``)."""
-    from playwright.sync_api import sync_playwright
-
-    if not os.path.exists(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} is missing: run tests/setup_test_deps.py as root (apt-get install chromium)",
-                    pytrace=False)
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield browser
-        finally:
-            browser.close()
-
-
-@pytest.fixture(name="page")
-def page_fixture(chromium: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
-    """A fresh browser context at the EHR's iframe size; a screenshot is saved after each test."""
-    context = chromium.new_context(viewport={"width": 1024, "height": 800})
-    context.set_default_timeout(15000)
-    pg = context.new_page()
-    try:
-        yield pg
-    finally:
-        OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
-        name = request.node.name.replace("/", "_").replace("[", "-").replace("]", "")
-        try:
-            pg.wait_for_timeout(250)  # let the cross-origin iframe paint before the capture
-            pg.screenshot(path=str(OUTPUT_DIR / f"{name}.png"), full_page=True)
-        finally:
-            context.close()
 
 
 def app_frame(pg: Any) -> Any:

@@ -16,14 +16,12 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
-import pytest
-
 from tests.servers import ServerNotReady, wait_until_answering
-from tests.setup_test_deps import FHIR_SERVER_SOURCE, SetupError, install_fhir_server, node_for
+from tests.setup_test_deps import FHIR_SERVER_SOURCE
 
 #: Medplum refuses a transaction that uses ifNoneExist with more entries than this.
 MEDPLUM_TRANSACTION_LIMIT = 8
@@ -124,25 +122,3 @@ class MedplumPool:
         if self._server is not None:
             self._server.stop()
             self._server = None
-
-
-@pytest.fixture(scope="session")
-def medplum_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MedplumPool]:
-    """Servers for the session; the tests fail with the reason when npm or node is missing."""
-    try:
-        install = install_fhir_server()
-        node = node_for(install)
-    except SetupError as exc:
-        pytest.fail(f"the test FHIR server is not available: {exc}", pytrace=False)
-    pool = MedplumPool(run_directory(install, tmp_path_factory.mktemp("fhir-server")), node)
-    try:
-        pool.get()
-        yield pool
-    finally:
-        pool.stop()
-
-
-@pytest.fixture
-def medplum(medplum_pool: MedplumPool) -> MedplumServer:
-    """A running Medplum FHIR server (shared by up to ``MedplumPool.uses`` tests)."""
-    return medplum_pool.get()

@@ -1,7 +1,5 @@
-"""Fixtures and helpers for the sandbox EHR tests (Flask test client, no network).
-
-Import with ``from tests.sandbox_fixtures import *  # noqa: F403``.
-"""
+"""Helpers for the sandbox EHR tests (Flask test client, no network): clients, fixture records and
+``SandboxActions``. The fixtures that use them are in ``tests/sandbox/conftest.py``."""
 
 from __future__ import annotations
 
@@ -15,7 +13,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from joserfc import jwt
@@ -52,15 +49,9 @@ __all__ = [
     "SYMMETRIC_ID",
     "TOKEN_URL",
     "SandboxActions",
-    "actions",
-    "client",
-    "client_key",
-    "data_dir",
     "fixture_bundles",
     "make_sandbox",
     "pkce_pair",
-    "sandbox_app",
-    "signing_key_path",
 ]
 
 
@@ -158,26 +149,6 @@ def fixture_bundles() -> dict[str, dict[str, Any]]:
     return {"p1.json": collection(p1), "p2.json": collection(p2), "p3.json": p3}
 
 
-@pytest.fixture(scope="session")
-def signing_key_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("sandbox-key") / "signing-key.pem"
-
-
-@pytest.fixture(scope="session")
-def client_key() -> RSAKey:
-    """The test app's private key for private_key_jwt."""
-    return RSAKey.generate_key(2048, private=True, auto_kid=True)
-
-
-@pytest.fixture
-def data_dir(tmp_path: Path) -> Path:
-    directory = tmp_path / "data"
-    directory.mkdir()
-    for name, bundle in fixture_bundles().items():
-        (directory / name).write_text(json.dumps(bundle))
-    return directory
-
-
 def make_sandbox(data: Path, key_path: Path, client_key: RSAKey, **overrides: Any) -> Flask:
     public_jwks = {"keys": [client_key.as_dict(private=False)]}
     clients = [
@@ -227,16 +198,6 @@ def make_sandbox(data: Path, key_path: Path, client_key: RSAKey, **overrides: An
     }
     config.update(overrides)
     return create_app(config)
-
-
-@pytest.fixture
-def sandbox_app(data_dir: Path, signing_key_path: Path, client_key: RSAKey) -> Flask:
-    return make_sandbox(data_dir, signing_key_path, client_key)
-
-
-@pytest.fixture
-def client(sandbox_app: Flask) -> FlaskClient:
-    return sandbox_app.test_client()
 
 
 class SandboxActions:
@@ -348,6 +309,3 @@ class SandboxActions:
         return self.client.open(f"/fhir{path}", method=method, headers=headers, **kwargs)
 
 
-@pytest.fixture
-def actions(client: FlaskClient, client_key: RSAKey) -> SandboxActions:
-    return SandboxActions(client, client_key)

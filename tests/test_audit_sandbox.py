@@ -31,7 +31,7 @@ from smart_app.vocabulary import (
     WORKFLOW_CODE,
     WORKFLOW_SYSTEM,
 )
-from tests.audit_fixtures import AUTHOR, Sandbox, sandbox  # noqa: F401
+from tests.audit_fixtures import AUTHOR, Sandbox
 
 pytestmark = pytest.mark.e2e
 
@@ -70,7 +70,7 @@ def _source(box: Sandbox) -> FhirSource:
 
 
 @pytest.fixture
-def written(sandbox: Sandbox) -> Sandbox:  # noqa: F811
+def written(sandbox: Sandbox) -> Sandbox:
     for patient in WRITE_SET:
         sandbox.write_for(patient)
     return sandbox
@@ -129,7 +129,7 @@ def test_rewrite_with_same_evidence_adds_no_write(written: Sandbox) -> None:
     assert len(list_writes(_source(written)).writes) == before
 
 
-def test_verify_reproduces_every_untampered_write(sandbox: Sandbox) -> None:  # noqa: F811
+def test_verify_reproduces_every_untampered_write(sandbox: Sandbox) -> None:
     for patient in PATIENTS:
         sandbox.write_for(patient)
     written = sandbox
@@ -145,7 +145,7 @@ def test_verify_reproduces_every_untampered_write(sandbox: Sandbox) -> None:  # 
         assert all(s["status"] == "read" and s["version"] for s in report.sources), report.sources
 
 
-def test_assessment_written_as_document_reference(sandbox: Sandbox) -> None:  # noqa: F811
+def test_assessment_written_as_document_reference(sandbox: Sandbox) -> None:
     infos = [sandbox.write_for(p, assessment_as="DocumentReference") for p in WRITE_SET[:3]]
     data, code = run_list(_source(sandbox))
     assert code == 0, data["findings"]
@@ -280,7 +280,7 @@ def test_older_write_without_codes_is_read_from_the_narrative(written: Sandbox) 
     ]
 
 
-def test_document_reference_coded_conclusion(sandbox: Sandbox) -> None:  # noqa: F811
+def test_document_reference_coded_conclusion(sandbox: Sandbox) -> None:
     info = sandbox.write_for(WRITE_SET[0], assessment_as="DocumentReference")
     doc = _read(sandbox, info["assessment"])
     by_url = {e["url"]: e["valueCoding"] for e in doc["extension"]}
@@ -440,7 +440,7 @@ def _unread_extensions(resource: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 @pytest.mark.parametrize("form", ["ClinicalImpression", "DocumentReference"])
-def test_write_with_condition_unread_reproduces_exactly(sandbox: Sandbox, form: str) -> None:  # noqa: F811
+def test_write_with_condition_unread_reproduces_exactly(sandbox: Sandbox, form: str) -> None:
     info = _unread_write(sandbox, form)
     assessment = _read(sandbox, info["assessment"])
     assert _unread_extensions(assessment) == [
@@ -468,7 +468,7 @@ def test_write_with_condition_unread_reproduces_exactly(sandbox: Sandbox, form: 
     assert any("could not be read: Condition (scope not granted)" in n for n in report.notes), report.notes
 
 
-def test_removing_the_unavailable_extension_is_a_difference(sandbox: Sandbox) -> None:  # noqa: F811
+def test_removing_the_unavailable_extension_is_a_difference(sandbox: Sandbox) -> None:
     """Without the record of the unread Conditions, LBP reads as absent: the conclusion no longer
     reproduces, and the identifier (which hashes the unread types) no longer matches the evidence."""
     info = _unread_write(sandbox)
@@ -483,7 +483,7 @@ def test_removing_the_unavailable_extension_is_a_difference(sandbox: Sandbox) ->
     assert next(d for d in report.differences if d.field == "classification").written == written
 
 
-def test_editing_the_unread_reason_is_a_difference(sandbox: Sandbox) -> None:  # noqa: F811
+def test_editing_the_unread_reason_is_a_difference(sandbox: Sandbox) -> None:
     """A change that leaves the conclusion alone still breaks the identifier's hash of the evidence."""
     info = _unread_write(sandbox)
     ci = _read(sandbox, info["assessment"])
@@ -496,7 +496,7 @@ def test_editing_the_unread_reason_is_a_difference(sandbox: Sandbox) -> None:  #
 
 
 def test_offline_bundle_with_condition_unread(
-    sandbox: Sandbox,  # noqa: F811
+    sandbox: Sandbox,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -519,7 +519,7 @@ def test_offline_bundle_with_condition_unread(
     assert {"classification", "evidence"} <= {d["field"] for d in out["differences"]}
 
 
-def test_patient_is_read_at_the_recorded_version(sandbox: Sandbox) -> None:  # noqa: F811
+def test_patient_is_read_at_the_recorded_version(sandbox: Sandbox) -> None:
     """The birth date decides age-new-onset, so the Patient is a versioned source: a later edit of the
     Patient does not change what verify recomputes."""
     info = sandbox.write_for(WRITE_SET[0])

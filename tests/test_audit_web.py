@@ -11,13 +11,13 @@ import pytest
 import requests
 from launch_support import start_launch
 
-from tests.audit_fixtures import AUTHOR, Sandbox, sandbox  # noqa: F401
+from tests.audit_fixtures import AUTHOR, Sandbox
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
-def app(tmp_path: Path, sandbox: Sandbox) -> Any:  # noqa: F811
+def app(tmp_path: Path, sandbox: Sandbox) -> Any:
     from smart_app import create_app
 
     regs = tmp_path / "registrations"
@@ -73,7 +73,7 @@ def test_page_needs_a_launch(app: Any) -> None:
     assert app.test_client().get("/audit").status_code == 401
 
 
-def test_page_explains_each_write(app: Any, sandbox: Sandbox, tmp_path: Path) -> None:  # noqa: F811
+def test_page_explains_each_write(app: Any, sandbox: Sandbox, tmp_path: Path) -> None:
     ok = sandbox.write_for("apatel")
     edited = sandbox.write_for("jkowalski")
     sr_ref = next(r for r in edited["refs"] if r.startswith("ServiceRequest/"))
@@ -114,7 +114,7 @@ def test_page_explains_each_write(app: Any, sandbox: Sandbox, tmp_path: Path) ->
     assert last["kind"] == "audit" and last["command"] == "page" and last["findings"] == 1
 
 
-def test_patient_level_launch_sees_only_its_patient(app: Any, sandbox: Sandbox) -> None:  # noqa: F811
+def test_patient_level_launch_sees_only_its_patient(app: Any, sandbox: Sandbox) -> None:
     mine = sandbox.write_for("apatel")
     other = sandbox.write_for("evance")
     token = sandbox.new_token(("patient/*.rs",), patient="apatel")

@@ -13,14 +13,10 @@ from tests.browser import (
     SCOPES,
     Servers,
     app_frame,
-    chromium_fixture,
-    live_fixture,
-    page_fixture,
     start_servers,
     stop_servers,
 )
 
-__all__ = ["chromium_fixture", "live_fixture", "page_fixture"]
 pytestmark = pytest.mark.e2e
 
 #: One sandbox patient per classification (tests/cases/9xx-patient-*.json).

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-CONFTEST = Path(__file__).with_name("conftest.py")
+POLICY = Path(__file__).with_name("skip_policy.py")
 TESTS = """
 import pytest
 
@@ -43,7 +43,7 @@ def run_pytest(directory: Path, fail_on_skip: str | None) -> subprocess.Complete
 
 @pytest.fixture
 def suite(tmp_path: Path) -> Path:
-    shutil.copy(CONFTEST, tmp_path / "conftest.py")
+    shutil.copy(POLICY, tmp_path / "conftest.py")
     (tmp_path / "test_sample.py").write_text(TESTS)
     return tmp_path
 

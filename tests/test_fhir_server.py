@@ -3,7 +3,6 @@ rely on, with FHIR R4 semantics (http.html, search.html, bundle.html): versions 
 (opaque), conditional create, all-or-nothing transactions, paging links, and an OperationOutcome for
 every error."""
 
-# ruff: noqa: F811 (the medplum fixtures are imported, then named as test parameters)
 
 from __future__ import annotations
 
@@ -15,7 +14,7 @@ from typing import Any
 
 import pytest
 import requests
-from medplum_server import MedplumPool, MedplumServer, medplum, medplum_pool  # noqa: F401
+from medplum_server import MedplumPool, MedplumServer
 
 pytestmark = pytest.mark.medplum
 FHIR_JSON = {"Content-Type": "application/fhir+json"}

@@ -18,20 +18,11 @@ from tests.views_fixtures import (
     RED_FLAG,
     WRITE_SCOPES,
     FakeEhr,
-    ehr_fixture,
     lbp,
     nodule,
     patient,
     reproduced,
-    views_app_fixture,
 )
-
-__all__ = ["ehr_fixture", "views_app_fixture"]
-
-
-@pytest.fixture()
-def client(views_app: Any) -> Any:
-    return views_app.test_client()
 
 
 def launch(client: Any, **kwargs: Any) -> None:
@@ -282,9 +273,9 @@ def test_exam_relief_is_a_percentage(client: Any, ehr: FakeEhr) -> None:
     assert obs["valueQuantity"] == {"value": 90, "unit": "%", "system": ucum, "code": "%"}
 
 
-def test_csrf_required_for_writes(views_app: Any, ehr: FakeEhr) -> None:
-    views_app.config["WTF_CSRF_ENABLED"] = True
-    client = views_app.test_client()
+def test_csrf_required_for_writes(app: Any, ehr: FakeEhr) -> None:
+    app.config["WTF_CSRF_ENABLED"] = True
+    client = app.test_client()
     ehr.serve(PROBABLE)
     ehr.accept_transactions()
     launch(client)

@@ -12,9 +12,7 @@ import responses
 from launch_support import start_launch
 
 from smart_app.web.theme import contrast, sanitise_style
-from tests.views_fixtures import PROBABLE, FakeEhr, ehr_fixture, fake_launch, views_app_fixture
-
-__all__ = ["ehr_fixture", "views_app_fixture"]
+from tests.views_fixtures import PROBABLE, FakeEhr, fake_launch
 
 STATIC = Path(__file__).resolve().parent.parent / "smart_app" / "web" / "static"
 
@@ -50,11 +48,6 @@ def test_sanitise_style_keeps_only_safe_values() -> None:
 
 def test_low_contrast_background_is_dropped() -> None:
     assert sanitise_style({"color_background": "#222222"}) == {}
-
-
-@pytest.fixture()
-def client(views_app: Any) -> Any:
-    return views_app.test_client()
 
 
 def test_style_from_issuer_host_is_applied(client: Any, ehr: FakeEhr) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import requests
-from medplum_server import MEDPLUM_TRANSACTION_LIMIT, MedplumServer, medplum, medplum_pool  # noqa: F401
+from medplum_server import MEDPLUM_TRANSACTION_LIMIT, MedplumServer
 from writeback_fixtures import (
     AUTHOR,
     CASES_DIR,
@@ -100,7 +100,7 @@ def check_write(server: MedplumServer, bundle: dict[str, Any], label: str) -> tu
 
 
 @pytest.mark.parametrize("name", hand_assessment_names())
-def test_hand_drafts_accepted(medplum: MedplumServer, name: str) -> None:  # noqa: F811
+def test_hand_drafts_accepted(medplum: MedplumServer, name: str) -> None:
     for form in FORMS:
         bundle = build_transaction(
             hand_assessment(name),
@@ -113,7 +113,7 @@ def test_hand_drafts_accepted(medplum: MedplumServer, name: str) -> None:  # noq
         assert created >= entries - 1  # all but perhaps the Device are new
 
 
-def test_sequential_mode_accepted(medplum: MedplumServer) -> None:  # noqa: F811
+def test_sequential_mode_accepted(medplum: MedplumServer) -> None:
     assessment = hand_assessment("red-flag-block")
     assessment["patient"] = "Patient/sequential-1"
     bundle = build_transaction(assessment, author=None, encounter=None, recorded=RECORDED)
@@ -125,7 +125,7 @@ def test_sequential_mode_accepted(medplum: MedplumServer) -> None:  # noqa: F811
     assert [t["reference"] for t in prov["target"]] == [str(w.reference) for w in first.written[1:-1]]
 
 
-def test_transaction_over_the_limit_is_refused_by_medplum(medplum: MedplumServer) -> None:  # noqa: F811
+def test_transaction_over_the_limit_is_refused_by_medplum(medplum: MedplumServer) -> None:
     bundle = build_transaction(hand_assessment("all-flags"), author=None, encounter=None, recorded=RECORDED)
     with FhirClient(medplum.base_url, max_retries=0) as client:
         refused = write_drafts(client, bundle, "transaction")
@@ -133,7 +133,7 @@ def test_transaction_over_the_limit_is_refused_by_medplum(medplum: MedplumServer
 
 
 @pytest.mark.parametrize("kind, name", list(corpus_names()))
-def test_corpus_drafts_accepted(medplum: MedplumServer, kind: str, name: str) -> None:  # noqa: F811
+def test_corpus_drafts_accepted(medplum: MedplumServer, kind: str, name: str) -> None:
     from smart_app.clinical import assess, load_bundle
 
     path = (DATA_DIR if kind == "patient" else CASES_DIR) / name
@@ -159,7 +159,7 @@ def test_corpus_drafts_accepted(medplum: MedplumServer, kind: str, name: str) ->
         check_write(medplum, bundle, f"{name}/{form}")
 
 
-def test_new_evidence_creates_new_drafts(medplum: MedplumServer) -> None:  # noqa: F811
+def test_new_evidence_creates_new_drafts(medplum: MedplumServer) -> None:
     from smart_app.clinical import assess, load_bundle
 
     path = sorted(DATA_DIR.glob("*.json"))[0]

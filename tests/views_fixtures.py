@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-import pytest
 import responses
 
 FHIR_BASE = "https://ehr.test/fhir"
@@ -149,32 +146,6 @@ class FakeEhr:
         self.rsps.add(responses.POST, re.compile(re.escape(self.base) + r"/?$"), status=status, json={
             "resourceType": "OperationOutcome",
             "issue": [{"severity": "error", "code": "processing", "diagnostics": text}]})
-
-
-@pytest.fixture(name="views_app")
-def views_app_fixture(tmp_path: Path) -> Any:
-    from smart_app import create_app
-
-    regs = tmp_path / "registrations"
-    regs.mkdir()
-    (regs / "view-test.json").write_text(json.dumps({
-        "id": "view-test", "name": "Test EHR", "iss": FHIR_BASE, "client_id": "view-test",
-        "client_type": "public", "scopes": ALL_SCOPES, "frame_ancestors": ["https://ehr.test"],
-    }))
-    return create_app({
-        "TESTING": True,
-        "WTF_CSRF_ENABLED": False,
-        "SESSION_COOKIE_SAMESITE": "Lax",
-        "SESSION_COOKIE_SECURE": False,
-        "REGISTRATIONS_DIRS": [str(regs)],
-        "FHIR_MAX_RETRIES": 0,
-    })
-
-
-@pytest.fixture(name="ehr")
-def ehr_fixture() -> Iterator[FakeEhr]:
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
-        yield FakeEhr(rsps)
 
 
 def fake_launch(scope: str = ALL_SCOPES, **extra: Any) -> dict[str, Any]:

@@ -14,7 +14,6 @@ from urllib.parse import urlsplit
 import pytest
 
 from launch.sandbox import create_app
-from tests.sandbox_fixtures import *  # noqa: F403
 from tests.sandbox_fixtures import FHIR_BASE, LOINC, PAIN_CODE, SandboxActions, make_sandbox
 
 IDENT = "https://smart-app.example/fhir/identifier/draft"

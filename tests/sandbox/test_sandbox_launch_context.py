@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 
 from launch.sandbox import create_app
-from tests.sandbox_fixtures import *  # noqa: F403
 from tests.sandbox_fixtures import FHIR_BASE, SandboxActions, make_sandbox
 
 

@@ -11,7 +11,6 @@ import responses
 from joserfc import jwt
 from joserfc.jwk import KeySet, RSAKey
 
-from tests.sandbox_fixtures import *  # noqa: F403
 from tests.sandbox_fixtures import (
     ASYMMETRIC_ID,
     CLIENT_JWKS_URI,

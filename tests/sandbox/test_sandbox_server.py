@@ -8,7 +8,6 @@ import pytest
 import requests
 
 from launch.sandbox.server import BackgroundServer
-from tests.sandbox_fixtures import *  # noqa: F403
 from tests.sandbox_fixtures import SandboxActions
 
 

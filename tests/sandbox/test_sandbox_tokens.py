@@ -11,7 +11,6 @@ import pytest
 from flask import Flask
 
 from launch.sandbox import create_app
-from tests.sandbox_fixtures import *  # noqa: F403
 from tests.sandbox_fixtures import AUDITOR_ID, PUBLIC_ID, SYMMETRIC_ID, SandboxActions, make_sandbox
 
 OFFLINE = "launch patient/*.rs offline_access"

@@ -15,7 +15,6 @@ from fhir.resources import fhirtypes, get_fhir_model_class
 from launch.data import ANCHOR_DATE, DATA_DIR
 from launch.sandbox import create_app, date_shift
 from launch.sandbox.dates import shift_dates, shift_value
-from tests.sandbox_fixtures import *  # noqa: F403
 
 DATA_FILES = sorted(DATA_DIR.rglob("*.json"))
 DATE_TYPES = (fhirtypes.Date, fhirtypes.DateTime, fhirtypes.Instant)

@@ -12,7 +12,6 @@ import pytest
 from launch.sandbox.locks import ReadWriteLock
 from launch.sandbox.paging import Snapshots
 from launch.sandbox.store import Store, _matches_param
-from tests.sandbox_fixtures import *  # noqa: F403
 from tests.sandbox_fixtures import SandboxActions, make_sandbox
 
 LOINC = "http://loinc.org"
