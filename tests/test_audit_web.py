@@ -45,10 +45,6 @@ def app(tmp_path: Path, sandbox: Sandbox) -> Any:
             "AUDIT_LOG_PATH": str(tmp_path / "audit.jsonl"),
         }
     )
-    from smart_app import auditlog
-
-    if auditlog.EXTENSION_KEY not in app.extensions:  # until create_app calls auditlog.init_app
-        auditlog.init_app(app)
     return app
 
 

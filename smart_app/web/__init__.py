@@ -37,9 +37,25 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         app.config.update(test_config)
     check_config(app.config, debug=app.debug, testing=app.testing)
     os.makedirs(app.instance_path, exist_ok=True)
-    auditlog.init_app(app)
+    init_audit_log(app)
     init_app(app)
     return app
+
+
+def init_audit_log(app: Flask) -> None:
+    """Open the app's audit log (``smart_app.auditlog.init_app``) and make requests write to it."""
+    auditlog.init_app(app)
+    auditlog.use_app_log(_request_audit_log)
+
+
+def _request_audit_log() -> auditlog.AuditLog | None | bool:
+    """The audit log of the app handling the current request; ``False`` outside one."""
+    from flask import current_app, has_app_context
+
+    if not has_app_context() or auditlog.EXTENSION_KEY not in current_app.extensions:
+        return False
+    log = current_app.extensions[auditlog.EXTENSION_KEY]
+    return log if isinstance(log, auditlog.AuditLog) else None
 
 
 def init_app(app: Flask) -> None:
