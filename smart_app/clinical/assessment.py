@@ -31,6 +31,8 @@ class Assessment:
     sources: list[dict[str, str | None]]
     counts: dict[str, int]
     unavailable: list[dict[str, str]] = field(default_factory=list)
+    #: evidence that is a preliminary Observation (counted as danger under 1.1.0; the page marks it)
+    preliminary_evidence: list[str] = field(default_factory=list)
     trace: tuple[dict[str, Any], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
@@ -56,6 +58,7 @@ class Assessment:
                 "sources": self.sources,
                 "counts": self.counts,
                 "unavailable": self.unavailable,
+                "preliminary_evidence": self.preliminary_evidence,
             }
         )
 
