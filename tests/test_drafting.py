@@ -20,7 +20,7 @@ from smart_app.drafts.build import (
     narrative_text,
 )
 from smart_app.drafts.profiles import check_bundle
-from smart_app.drafts.provenance import versioned_reference
+from smart_app.drafts.provenance import software_version_of, versioned_reference
 from smart_app.vocabulary import (
     CLASSIFICATION_EXTENSION,
     CLASSIFICATION_SYSTEM,
@@ -487,3 +487,23 @@ def test_unavailable_types_are_part_of_the_evidence() -> None:
     other_reason["unavailable"][1]["reason"] = "read failed (HTTP 500): x"
     edited = keys(build_transaction(other_reason, author=None, encounter=None, recorded=RECORDED))
     assert edited != with_unread
+
+
+def test_each_write_names_the_software_version_that_made_it() -> None:
+    """The Device is created once on its identifier (its version is that of the first write), so each
+    Provenance names the app version that concluded (back-mice-software-version)."""
+    import smart_app
+
+    bundle = build()
+    prov = one(bundle, "Provenance")
+    assert prov["extension"] == [
+        {
+            "url": "https://smart-app.example/fhir/StructureDefinition/back-mice-software-version",
+            "valueString": smart_app.__version__,
+        }
+    ]
+    assert smart_app.__version__ == "0.2.0"
+    assert f"version {smart_app.__version__}" in narrative_text(prov["text"]["div"])
+    assert one(bundle, "Device")["version"] == [{"value": smart_app.__version__}]
+    assert software_version_of(prov) == smart_app.__version__
+    assert software_version_of({"resourceType": "Provenance"}) is None

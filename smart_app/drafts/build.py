@@ -77,7 +77,8 @@ class DraftingError(ValueError):
 
 
 def app_version() -> str:
-    """The version of the software that drafts (the Device's ``version``)."""
+    """The version of the software that drafts: the Provenance's back-mice-software-version extension
+    (per write) and the ``version`` of the Device when this write creates it."""
     return __version__
 
 
@@ -542,6 +543,7 @@ class _Builder:
             policy=self.criteria,
             device=self.device_url,
             author=self.author,
+            software_version=app_version(),
         )
         who = self.author or "the app (no user in the launch context)"
         resource["meta"] = _draft_meta(
@@ -550,7 +552,7 @@ class _Builder:
         resource["text"] = _narrative(
             [
                 f"Drafts created by decision support for {self.patient}, criteria {self.criteria}.",
-                f"Author: {who}; assembled by the back mice decision-support app.",
+                f"Author: {who}; assembled by the back mice decision-support app, version {app_version()}.",
             ],
             [f"Source: {e['what']['reference']}" for e in resource.get("entity", [])],
         )
