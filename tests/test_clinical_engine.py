@@ -53,6 +53,7 @@ CONTRACT_KEYS = {
     "counts",
     "unavailable",
     "preliminary_evidence",
+    "opening",
 }
 
 

@@ -26,6 +26,9 @@ class Assessment:
     procedure_suggestion: dict[str, Any] | None
     latest_pain: dict[str, Any] | None
     rationale: list[str]
+    #: the written assessment's opening sentence (docs/clinical-criteria.md#what-the-app-writes); the
+    #: summary begins with it
+    opening: str
     summary: str
     ignored: list[dict[str, str]]
     sources: list[dict[str, str | None]]
@@ -53,6 +56,7 @@ class Assessment:
                 "procedure_suggestion": self.procedure_suggestion,
                 "latest_pain": self.latest_pain,
                 "rationale": self.rationale,
+                "opening": self.opening,
                 "summary": self.summary,
                 "ignored": self.ignored,
                 "sources": self.sources,

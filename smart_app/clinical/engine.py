@@ -213,6 +213,7 @@ def evaluate(
         rationale=_rationale(
             ctx, rule_spec, outcome, ladder_spec, ladder_outcome, differentials, withheld, inputs, preliminary
         ),
+        opening=opening(ctx.data["summary"], classification, words),
         summary=_summary(ctx, checklist, classification, words),
         ignored=ignored,
         sources=sources,

@@ -329,14 +329,22 @@ class _Builder:
         )
 
     def assessment_text(self) -> tuple[list[str], list[str]]:
+        """The narrative: the assessment's opening sentence first (from criteria 1.1.0 it states the
+        classification; docs/clinical-criteria.md#what-the-app-writes), then the coded conclusion in
+        words, the criteria, the basis, the unread types and the rest of the summary. An assessment
+        without an opening (written by hand, or by an older app) opens with its headline."""
         a = self.a
+        opening = str(a.get("opening") or "")
+        summary = str(a.get("summary") or "")
+        if opening and summary.startswith(opening):
+            summary = summary[len(opening) :].lstrip()
         paragraphs = [
-            str(a.get("headline") or ""),
+            opening or str(a.get("headline") or ""),
             f"Classification: {a.get('classification')}; next step: {a.get('next_step')}.",
             f"Criteria {self.criteria}, evaluated at {self.as_of}.",
             basis_text(self.checklist, a.get("red_flags") or []),
             unavailable_sentence({"resource_type": t, "reason": r} for t, r in self.unavailable),
-            str(a.get("summary") or ""),
+            summary,
         ]
         items = [
             f"{row.get('title') or row.get('finding')}: {row.get('status')} — {row.get('reason') or ''}"
