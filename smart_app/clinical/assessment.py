@@ -1,5 +1,5 @@
 """The Assessment: what the criteria concluded, why, and from which resources
-(docs/clinical-criteria.md#the-assessment)."""
+(docs/clinical-criteria.md#assessment-output)."""
 
 from __future__ import annotations
 

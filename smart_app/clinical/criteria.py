@@ -2,7 +2,7 @@
 
 A release is a directory ``<id>-<version>/`` holding ``criteria.json``, every ValueSet and CodeSystem it
 reads, and ``release.json``: the manifest that pins each ValueSet by url and version and records the
-sha256 of every file (docs/clinical-criteria.md#releases). A release whose files do not match its
+sha256 of every file (docs/clinical-criteria.md#release-history). A release whose files do not match its
 manifest is refused, so editing a shipped ValueSet can never silently change how a released version
 evaluates. Releases ship inside the package (``smart_app/data/criteria``) and load through
 ``importlib.resources``; ``load_registry`` also takes extra directories of published releases.

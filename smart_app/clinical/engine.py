@@ -1,5 +1,5 @@
 """Evaluate a criteria version over one patient's record (docs/clinical-criteria.md#classification and
-docs/clinical-criteria.md#the-assessment).
+docs/clinical-criteria.md#assessment-output).
 
 The engine is handed the operator table (:data:`smart_app.clinical.rules.OPERATORS` by default) and runs
 the criteria document stage by stage: findings, the pain score, red flags, classification, next step. It

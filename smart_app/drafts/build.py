@@ -1,8 +1,8 @@
 """The drafts written back to the EHR, as one FHIR R4 transaction Bundle
 (docs/auditors.md#what-a-write-looks-like).
 
-From an assessment (``Assessment.to_json()``, docs/clinical-criteria.md#the-assessment) this builds: the app
-Device (conditional create on its identifier), the assessment as a ClinicalImpression (status
+From an assessment (``Assessment.to_json()``, docs/clinical-criteria.md#assessment-output) this builds: the
+app Device (conditional create on its identifier), the assessment as a ClinicalImpression (status
 ``in-progress``) or, per EHR registration, a DocumentReference (docStatus ``preliminary``), a ServiceRequest
 (status ``draft``, intent ``proposal``) only when there is a procedure suggestion, one DetectedIssue per red
 flag, and a Provenance targeting all drafts (:mod:`smart_app.drafts.provenance`).
