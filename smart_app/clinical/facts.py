@@ -279,7 +279,8 @@ class Extractor:
     def finish(self, record: PatientRecord) -> Facts:
         """Apply the subject check (docs/clinical-criteria.md#subjects: another patient's resource is
         ignored and reported) and check the Patient's birthDate."""
-        foreign = {ref for ref, subject in self.subjects.items() if not record.subject_matches(subject)}
+        verdicts = {subject: record.subject_matches(subject) for subject in set(self.subjects.values())}
+        foreign = {ref for ref, subject in self.subjects.items() if not verdicts[subject]}
         if foreign:
             for url, facts in self.facts.by_valueset.items():
                 self.facts.by_valueset[url] = [f for f in facts if f.ref not in foreign]

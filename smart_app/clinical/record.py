@@ -58,8 +58,12 @@ class PatientRecord:
         if ref in self.patient_aliases:
             return True
         pid = self.patient.get("id")
+        if not isinstance(pid, str) or not pid:
+            return False
+        if ref == f"Patient/{pid}":
+            return True
         parsed = fj.Ref.parse(ref)
-        if not isinstance(pid, str) or not pid or parsed is None:
+        if parsed is None:
             return False
         if (parsed.type, parsed.id) != ("Patient", pid):
             return False
