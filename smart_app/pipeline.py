@@ -57,13 +57,18 @@ def missing_write_scopes(scopes: ScopeSet, drafts: dict[str, Any]) -> list[str]:
     return [t for t in types_in(drafts) if not scopes.can_write(t)]
 
 
-def record_of(fetched: FetchResult, extra_resources: Sequence[dict[str, Any]] = ()) -> PatientRecord:
-    """The patient's record as read (the Patient must have been read), plus ``extra_resources``."""
+def record_of(
+    fetched: FetchResult, extra_resources: Sequence[dict[str, Any]] = (), *, fhir_base: str | None = None
+) -> PatientRecord:
+    """The patient's record as read (the Patient must have been read), plus ``extra_resources``.
+    ``fhir_base`` is the server it was read from: an absolute subject reference must name that base
+    (docs/clinical-criteria.md#subjects)."""
     assert fetched.patient is not None
     return PatientRecord(
         patient=fetched.patient,
         resources=[*fetched.resources, *extra_resources],
         unavailable=unavailable_types(fetched),
+        fhir_base=fhir_base,
     )
 
 
@@ -89,7 +94,8 @@ def review_patient(
     fetched = fetch_patient_record(client, patient_id, readable or scopes.can_read, page_size=page_size)
     if fetched.patient is None:
         return Review(patient_id=patient_id, fetch=fetched, assessment=None, drafts=None, as_of=as_of)
-    assessment = assess(record_of(fetched, extra_resources), as_of, criteria_version).to_json()
+    record = record_of(fetched, extra_resources, fhir_base=client.base_url)
+    assessment = assess(record, as_of, criteria_version).to_json()
     drafts = build_transaction(
         assessment, author=author, encounter=encounter, recorded=as_of, assessment_as=assessment_as
     )
@@ -117,7 +123,7 @@ def assess_server(
     fetched = fetch_patient_record(client, patient_id, lambda _type: True)
     if fetched.patient is None:
         return None, fetched
-    return assess(record_of(fetched), as_of, criteria_version).to_json(), fetched
+    return assess(record_of(fetched, fhir_base=client.base_url), as_of, criteria_version).to_json(), fetched
 
 
 def draft_file(

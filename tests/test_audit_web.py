@@ -94,7 +94,7 @@ def test_page_explains_each_write(app: Any, sandbox: Sandbox, tmp_path: Path) ->
         "Does not reproduce",
         "Possible back mice",
         "Probable back mice",
-        "https://smart-app.example/fhir/criteria/back-mice version 1.0.0",
+        "https://smart-app.example/fhir/criteria/back-mice version 1.1.0",  # the newest release
         AUTHOR,
         ok["assessment"],
         "procedure suggestion",

@@ -8,6 +8,10 @@ Resource types the app could not read are on the assessment as back-mice-unavail
 go back into ``PatientRecord.unavailable``, so what they would decide is unknown again, as it was. The
 draft identifier hashes the evidence (Provenance entities and those unread types): when it no longer
 matches, the extension, the Provenance or the identifier was changed after the write.
+
+The software that concluded is named per write by the Provenance's back-mice-software-version extension;
+the report says which version wrote, which reproduced and, when they differ, whether the conclusion still
+matches (docs/clinical-criteria.md#what-the-app-writes).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from smart_app import __version__
 from smart_app.audit.listing import (
     TAG_PARAM,
     app_device_refs,
@@ -33,6 +38,7 @@ from smart_app.audit.model import (
     split_canonical,
 )
 from smart_app.audit.source import NotAccessible, NotFound, Source, UnsupportedSearch
+from smart_app.drafts.provenance import software_version_of
 from smart_app.drafts.readback import recomputed_conclusion, written_conclusion
 from smart_app.drafts.written import ASSESSMENT_TYPES
 from smart_app.fhirjson import Ref, version_id
@@ -219,7 +225,27 @@ def verify_assessment(
             report.differences.append(Difference(name, written.get(name), again.get(name)))
     _check_identifier(current, ref, prov, f"{criteria['url']}|{version}", unavailable, report)
     report.reproduced = not report.differences
+    report.notes.append(software_note(software_version_of(prov), __version__, report))
     return report
+
+
+def software_note(written_by: str | None, reproducing: str, report: VerifyReport) -> str:
+    """Which version of the app wrote and which reproduced; when they differ, whether the conclusion
+    (the compared fields) still matches."""
+    if written_by == reproducing:
+        return f"Written and reproduced by app version {reproducing}."
+    wrote = (
+        f"Written by app version {written_by}"
+        if written_by
+        else "The write does not name the app version that concluded (written before app 0.2.0)"
+    )
+    conclusion = [d.field for d in report.differences if d.field in COMPARED]
+    verdict = (
+        "the conclusion still matches"
+        if not conclusion
+        else f"the conclusion does not match ({', '.join(conclusion)} differ)"
+    )
+    return f"{wrote}; reproduced by app version {reproducing}: {verdict}."
 
 
 def written_unavailable(resource: dict[str, Any], notes: list[str] | None = None) -> dict[str, str]:
