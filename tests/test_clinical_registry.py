@@ -196,10 +196,12 @@ def test_an_edited_file_of_a_sealed_release_is_refused(tmp_path: Path) -> None:
     data["compose"]["include"][0]["concept"] = data["compose"]["include"][0]["concept"][1:]
     vs.write_text(json.dumps(data))
     with pytest.raises(CriteriaError, match="changed after the release was sealed"):
-        load_registry([target], shipped=False)
+        load_registry([target], shipped=False).get("1.0.0")
+    with pytest.raises(CriteriaError, match="changed after the release was sealed"):
+        load_registry([target], shipped=False).load_all()
     (target / "ValueSet-extra.json").write_text("{}")
     with pytest.raises(CriteriaError, match="not sealed"):
-        load_registry([target], shipped=False)
+        load_registry([target], shipped=False).get("1.0.0")
 
 
 # -- operators -------------------------------------------------------------------------------------

@@ -179,19 +179,40 @@ def coded_references(node: object) -> Iterator[tuple[str, str]]:
 
 
 class CriteriaRegistry:
-    """Criteria versions keyed by version; :meth:`newest` is the default for new assessments."""
+    """Criteria versions keyed by version; :meth:`newest` is the default for new assessments.
 
-    def __init__(self, criteria: Iterable[Criteria]) -> None:
+    Built from loaded :class:`Criteria` or from release directories: a directory's manifest names its
+    version at once, and the release itself (hashes checked, terminology built) is loaded on first use, so
+    a process that evaluates one version pays for that one only.
+    """
+
+    def __init__(self, criteria: Iterable[Criteria] = (), releases: Iterable[Traversable] = ()) -> None:
         self._by_version: dict[str, Criteria] = {}
+        self._pending: dict[str, Traversable] = {}
         for c in criteria:
-            if c.version in self._by_version:
-                raise CriteriaError(f"criteria version {c.version} defined twice")
+            self._claim(c.version)
             self._by_version[c.version] = c
+        for directory in releases:
+            version = _json(directory / MANIFEST, f"{directory.name}/{MANIFEST}").get("version")
+            if not isinstance(version, str) or not version:
+                raise CriteriaError(f"{directory.name}: the manifest names no version")
+            self._claim(version)
+            self._pending[version] = directory
+
+    def _claim(self, version: str) -> None:
+        if version in self._by_version or version in self._pending:
+            raise CriteriaError(f"criteria version {version} defined twice")
 
     def get(self, version: str | None = None) -> Criteria:
         """The named version, or the newest release when ``version`` is None."""
         if version is None:
             return self.newest()
+        if version in self._pending:
+            criteria = load_release(self._pending[version])
+            if criteria.version != version:
+                raise CriteriaError(f"{criteria.source}: criteria.json is not version {version}")
+            self._by_version[version] = criteria
+            del self._pending[version]
         try:
             return self._by_version[version]
         except KeyError:
@@ -199,16 +220,22 @@ class CriteriaRegistry:
             raise CriteriaError(f"unknown criteria version {version!r} (known: {known})") from None
 
     def newest(self) -> Criteria:
-        if not self._by_version:
+        versions = self.versions()
+        if not versions:
             raise CriteriaError("no criteria release is installed")
-        return self._by_version[self.versions()[-1]]
+        return self.get(versions[-1])
 
     def versions(self) -> list[str]:
         """Known versions, oldest first (semantic version order)."""
-        return sorted(self._by_version, key=_version_key)
+        return sorted([*self._by_version, *self._pending], key=_version_key)
 
     def __contains__(self, version: object) -> bool:
-        return version in self._by_version
+        return version in self._by_version or version in self._pending
+
+    def load_all(self) -> None:
+        """Load every release now (a server checks them all at start; raises ``CriteriaError``)."""
+        for version in list(self._pending):
+            self.get(version)
 
 
 def _version_key(version: str) -> tuple[tuple[int, str], ...]:
@@ -299,16 +326,13 @@ def load_registry(extra_dirs: Sequence[Path | Traversable] = (), *, shipped: boo
     """The shipped releases (unless ``shipped`` is False) plus the releases in ``extra_dirs``: each extra
     directory is a release itself or holds release directories."""
     roots: list[Traversable] = [shipped_releases()] if shipped else []
-    found: list[Criteria] = []
+    found: list[Traversable] = []
     for root in roots:
-        found.extend(load_release(d) for d in _release_dirs(root))
+        found.extend(_release_dirs(root))
     for extra in extra_dirs:
         directory = extra if isinstance(extra, Traversable) else Path(extra)
-        if (directory / MANIFEST).is_file():
-            found.append(load_release(directory))
-        else:
-            found.extend(load_release(d) for d in _release_dirs(directory))
-    return CriteriaRegistry(found)
+        found.extend([directory] if (directory / MANIFEST).is_file() else _release_dirs(directory))
+    return CriteriaRegistry(releases=found)
 
 
 @functools.lru_cache(maxsize=1)

@@ -13,6 +13,7 @@ from flask_session import Session
 from flask_wtf.csrf import CSRFProtect
 
 from smart_app import auditlog
+from smart_app.clinical.criteria import default_registry
 from smart_app.config import DEFAULTS, check_config
 
 csrf = CSRFProtect()
@@ -36,6 +37,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     if test_config:
         app.config.update(test_config)
     check_config(app.config, debug=app.debug, testing=app.testing)
+    default_registry().load_all()  # a release whose files changed stops the app at start, not mid-review
     os.makedirs(app.instance_path, exist_ok=True)
     init_audit_log(app)
     init_app(app)
