@@ -113,7 +113,7 @@ class Discovery:
         well_known = f"{iss}/.well-known/smart-configuration"
         data, problem = self._get_json(well_known, wire.SMART_CONFIGURATION_MAX_BYTES)
         if data is not None:
-            config, problem = _from_smart_configuration(iss, data)
+            config, problem = from_smart_configuration(iss, data)
             if config is not None:
                 log.info("SMART configuration discovered for %s", iss)
                 return config
@@ -121,7 +121,7 @@ class Discovery:
         metadata = f"{iss}/metadata"
         data, problem = self._get_json(metadata, wire.CAPABILITY_STATEMENT_MAX_BYTES)
         if data is not None:
-            config, problem = _from_capability_statement(iss, data)
+            config, problem = from_capability_statement(iss, data)
             if config is not None:
                 log.info("SMART endpoints for %s taken from the CapabilityStatement", iss)
                 return config
@@ -154,9 +154,11 @@ def _endpoint(iss: str, value: Any) -> str | None:
     return url
 
 
-def _from_smart_configuration(
+def from_smart_configuration(
     iss: str, data: Mapping[str, Any]
 ) -> tuple[SmartConfiguration | None, str | None]:
+    """A ``.well-known/smart-configuration`` document as a configuration, or why it is unusable; raises
+    ``DiscoveryError`` when it lists PKCE methods without S256."""
     authorize = _endpoint(iss, data.get("authorization_endpoint"))
     token = _endpoint(iss, data.get("token_endpoint"))
     if authorize is None or token is None:
@@ -191,9 +193,10 @@ def _from_smart_configuration(
     )
 
 
-def _from_capability_statement(
+def from_capability_statement(
     iss: str, data: Mapping[str, Any]
 ) -> tuple[SmartConfiguration | None, str | None]:
+    """The ``oauth-uris`` extension of a CapabilityStatement as a configuration, or why it is unusable."""
     if data.get("resourceType") != "CapabilityStatement":
         return None, "is not a CapabilityStatement"
     uris: dict[str, str] = {}
