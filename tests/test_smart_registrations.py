@@ -233,3 +233,15 @@ def test_pins_and_patient_facing_are_read(tmp_path):
         "https://auth.test/authorize",
     )
     assert reg.auth_origins == ("https://auth.test", "https://keys.test:8443") and reg.patient_facing
+
+
+def test_every_example_in_the_readme_is_a_valid_registration():
+    import re
+
+    from smart_app.smart.registrations import parse_registration
+
+    readme = (SHIPPED / "README.md").read_text(encoding="utf-8")
+    examples = [json.loads(block) for block in re.findall(r"```json\n(.*?)```", readme, re.S)]
+    assert len(examples) >= 5
+    ids = [parse_registration(example).id for example in examples]
+    assert {"smart-launcher-ehr", "epic-sandbox", "oracle-health-sandbox", "hapi-local"} <= set(ids)
