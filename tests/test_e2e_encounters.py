@@ -126,3 +126,31 @@ def test_write_back_with_the_encounter_only_in_fhir_context(stack: Stack) -> Non
     assert made.json()["encounter"] is None
     _, written = launch_and_write(stack, made.json())
     assert_drafts_reference(stack, written, encounter)
+
+
+@pytest.mark.parametrize("mode", ["transaction", "sequential"])
+def test_write_back_behind_a_proxy_with_opaque_versions(tmp_path: Path, mode: str) -> None:
+    """As EHRs behind a reverse proxy answer: Location headers and transaction locations name another base,
+    version ids are UUIDs; the launch carries a bare encounter id."""
+    running = start_stack(
+        tmp_path,
+        scopes=SCOPES,
+        writeback={"mode": mode, "assessment_as": "ClinicalImpression"},
+        sandbox_config={
+            "EHR_LAUNCH_ENCOUNTER": "latest",
+            "LOCATION_BASE": "http://internal.example:8080/fhir",
+            "VERSION_IDS": "opaque",
+        },
+    )
+    try:
+        made = requests.get(
+            f"{running.sandbox.url}/ehr/launch-url", params={"patient": PATIENT}, timeout=TIMEOUT
+        )
+        launch = made.json()
+        page, written = launch_and_write(running, launch)
+        assert "internal.example" not in page
+        assert_drafts_reference(running, written, launch["encounter"])
+        versions = re.findall(r"<td>([0-9a-f]{8}-[0-9a-f-]{27})</td>", page)
+        assert len(versions) == len(written), page[:3000]
+    finally:
+        running.stop()
