@@ -91,7 +91,6 @@ class Ehr:
         )
 
 
-
 def launched(store: MemoryStore, keeper: TokenKeeper, clock: Clock, lifetime: float, **fields: Any) -> Launch:
     tokens = TokenSet(
         access_token="AT-0",
