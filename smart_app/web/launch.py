@@ -210,7 +210,7 @@ def _authorization_error(reg: Registration | None) -> AuthorizationError:
     name = reg.name if reg else None
     code = request.args.get("error", "")
     code = code if _OAUTH_ERROR.match(code) else "unknown_error"
-    text = wire.ehr_text(request.args.get("error_description", ""))
+    text = wire.ehr_text(request.args.get("error_description", ""), secrets=[request.args.get("state")])
     who = name or "The EHR"
     if code == "access_denied":
         description = f"{who} reports that access was denied, so the app was not launched."
