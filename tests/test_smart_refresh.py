@@ -6,6 +6,7 @@ token."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
 import threading
 import time
@@ -337,3 +338,27 @@ def test_review_answered_401_mid_launch_refreshes_once_and_completes(client, ehr
         c.request.url for c in ehr.rsps.calls if c.request.headers.get("Authorization") == "Bearer AT-fresh"
     ]
     assert set(refused) <= set(retried) and len(retried) == len(set(retried)) == 6  # Patient + 5 searches
+
+
+@pytest.mark.parametrize(("expired_answers", "outcome"), [(1, "AT-2"), (3, "relaunch")])
+def test_a_refresh_answered_with_an_already_expired_token_is_never_used(expired_answers, outcome):
+    clock, store = Clock(), MemoryStore()
+    ehr = Ehr(clock, 20)
+    keeper = TokenKeeper(store, ehr, clock=clock)
+    launch = launched(store, keeper, clock, 20)
+    answers = iter(range(expired_answers))
+
+    def refresher(current: Launch) -> TokenSet:
+        tokens = ehr(current)
+        if next(answers, None) is not None:  # expires_in 0: already at its expiry
+            return dataclasses.replace(tokens, expires_at=clock())
+        return tokens
+
+    keeper.refresher = refresher
+    clock.now += 20
+    if outcome == "relaunch":
+        with pytest.raises(RelaunchRequired):
+            keeper.access_token(launch.id)
+        assert len(ehr.refreshes) == 3 and store.load(launch.id) is None
+    else:
+        assert keeper.access_token(launch.id) == outcome and len(ehr.refreshes) == 2

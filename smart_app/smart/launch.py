@@ -132,6 +132,8 @@ class LaunchStore(Protocol):
 
 
 Refresher = Callable[[Launch], TokenSet]
+#: Refreshes tried in a row when the EHR answers with a token already at its expiry (``expires_in`` 0).
+EXPIRED_REFRESHES = 3
 
 
 class TokenKeeper:
@@ -205,17 +207,22 @@ class TokenKeeper:
                 if not self._expired(launch, now):
                     return launch.access_token
                 raise self._relaunch(launch, "the access token expired and there is no refresh token")
-            try:
-                tokens = self.refresher(launch)
-            except SmartError as exc:
+            for _ in range(EXPIRED_REFRESHES):
+                try:
+                    tokens = self.refresher(launch)
+                except SmartError as exc:
+                    if not self._expired(launch, now):
+                        log.warning(
+                            "Token refresh failed (%s); using the current token until it expires", exc.error
+                        )
+                        self.store.save(replace(launch, refresh_token=None))
+                        return launch.access_token
+                    raise self._relaunch(launch, f"the token refresh failed ({exc.error})") from None
+                token = self._keep(launch, tokens, "due")
+                launch, now = self._load(launch_id), self.clock()
                 if not self._expired(launch, now):
-                    log.warning(
-                        "Token refresh failed (%s); using the current token until it expires", exc.error
-                    )
-                    self.store.save(replace(launch, refresh_token=None))
-                    return launch.access_token
-                raise self._relaunch(launch, f"the token refresh failed ({exc.error})") from None
-            return self._keep(launch, tokens, "due")
+                    return token
+            raise self._relaunch(launch, "the EHR's refreshed access token had already expired")
 
     def replace_rejected(self, launch_id: str, rejected: str) -> str:
         """A new access token for a launch whose token ``rejected`` the EHR refused (HTTP 401): the one
