@@ -180,8 +180,13 @@ def verify_assessment(
     report.evaluated_at = as_of.isoformat().replace("+00:00", "Z")
     if where != "ClinicalImpression.effectiveDateTime":
         report.notes.append(f"Evaluation time taken from {where}.")
-    written_version = _target_version(prov, ref)
-    if version_id(current) not in (None, written_version):
+    written_version = _target_version(source, prov, ref)
+    if written_version is None:
+        report.notes.append(
+            f"The version of {ref.plain} the app wrote is not known (its Provenance target names none and "
+            "the server keeps no history of it); the current content is compared."
+        )
+    elif version_id(current) not in (None, written_version):
         report.notes.append(
             f"{ref.plain} is now version {version_id(current)} (written as version {written_version}); "
             "the current content is compared."
@@ -304,12 +309,18 @@ def _check_identifier(
         )
 
 
-def _target_version(prov: dict[str, Any], ref: Ref) -> str:
+def _target_version(source: Source, prov: dict[str, Any], ref: Ref) -> str | None:
+    """The version of ``ref`` the app wrote: the Provenance target's version when it names one, else the
+    oldest version in the resource's history (version ids are the server's, of any format)."""
     for target in prov.get("target") or []:
         tref = Ref.parse(target.get("reference")) if isinstance(target, dict) else None
         if tref is not None and tref.plain == ref.plain and tref.version:
             return tref.version
-    return "1"
+    try:
+        versions = source.history(ref.type, ref.id)
+    except NotFound:
+        return None
+    return version_id(versions[-1]) if versions else None
 
 
 def _written_criteria(resource: dict[str, Any]) -> str | None:
