@@ -27,13 +27,14 @@ from typing import Any
 import orjson
 
 from smart_app.clinical import terminology
+from smart_app.vocabulary import CANONICAL
 
 MANIFEST = "release.json"
 SUPPORTED_FORMATS = frozenset({1})
 #: The directory of the reading terminology of format 1, and its manifest (sha256 of every file).
 FORMAT_1_TERMINOLOGY = "format-1"
 TERMINOLOGY_MANIFEST = "terminology.json"
-_VS = "https://smart-app.example/fhir/ValueSet/back-mice-"
+_VS = f"{CANONICAL}/ValueSet/back-mice-"
 
 
 class CriteriaError(ValueError):
