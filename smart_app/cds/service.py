@@ -11,6 +11,7 @@ of this call and goes with it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -34,6 +35,7 @@ from smart_app.drafts.build import DraftingError, build_transaction
 from smart_app.fhir.client import FhirClient
 from smart_app.fhir.errors import FhirUnauthorized
 from smart_app.fhir.record import DEFAULT_PAGE_SIZE, FetchResult
+from smart_app.smart.scopes import ScopeSet
 
 log = logging.getLogger("smart_app.cds")
 
@@ -117,13 +119,18 @@ def _assess(
     missing = prefetched.unsupplied
     auth = request.fhir_authorization
     if missing and auth is not None and request.fhir_server and client.may_read(request.fhir_server):
-        return _read_missing(request, auth, prefetched.fetch, list(missing), settings, as_of)
-    needed = [t for t in REQUIRED_TYPES if t in missing]
-    if needed:
+        readable = _readable(auth.scope)
+        needed = [t for t in REQUIRED_TYPES if t in missing and not readable(t)]
+        if not needed:
+            return _read_missing(request, auth, prefetched.fetch, list(missing), settings, as_of)
+        why = "and the fhirAuthorization scope does not allow reading them"
+    else:
+        needed = [t for t in REQUIRED_TYPES if t in missing]
         if auth is None:
             why = "and no fhirAuthorization was given to read them"
         else:
             why = "and fhirServer is not a FHIR server registered for this CDS client"
+    if needed:
         raise precondition_failed(f"{', '.join(needed)} not prefetched ({missing[needed[0]]}) {why}.")
     return pipeline.assess_prefetched(
         request.patient_id,
@@ -142,13 +149,6 @@ def _read_missing(
     as_of: datetime,
 ) -> tuple[dict[str, Any] | None, FetchResult]:
     assert request.fhir_server is not None
-    scope = auth.scope
-
-    def readable(resource_type: str) -> bool:
-        return (
-            scope.can_read(resource_type) if resource_type == "Patient" else scope.can_search(resource_type)
-        )
-
     with FhirClient(
         request.fhir_server,
         token=auth.access_token,
@@ -162,12 +162,23 @@ def _read_missing(
                 as_of=as_of,
                 read=missing,
                 client=fhir,
-                readable=readable,
+                readable=_readable(auth.scope),
                 criteria_version=settings.criteria_version,
                 page_size=settings.page_size,
             )
         except FhirUnauthorized:
             raise precondition_failed("The FHIR server refused the fhirAuthorization access token.") from None
+
+
+def _readable(scope: ScopeSet) -> Callable[[str], bool]:
+    """What the token may read, as a launch reads: the Patient by id, the other types by search."""
+
+    def readable(resource_type: str) -> bool:
+        return (
+            scope.can_read(resource_type) if resource_type == "Patient" else scope.can_search(resource_type)
+        )
+
+    return readable
 
 
 def _draft_actions(
