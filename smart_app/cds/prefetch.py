@@ -58,20 +58,25 @@ def read_prefetch(prefetch: Mapping[str, Any] | None, patient_id: str) -> Prefet
     patient = _patient(prefetch, patient_id, unsupplied)
     resources: list[dict[str, Any]] = []
     counts: dict[str, int] = {}
-    seen: set[tuple[str, str]] = set()
     for key, rtype in SEARCH_KEYS.items():
         if key not in prefetch:
             unsupplied[rtype] = NOT_PREFETCHED
             continue
         found = _search_value(key, rtype, prefetch[key], unsupplied, notes)
+        seen: set[str] = set()
+        kept = 0
         for resource in found:
             rid = resource.get("id")
             if isinstance(rid, str):
-                if (rtype, rid) in seen:
+                if rid in seen:
                     continue
-                seen.add((rtype, rid))
+                seen.add(rid)
             resources.append(resource)
-            counts[rtype] = counts.get(rtype, 0) + 1
+            kept += 1
+        if len(found) > kept:
+            notes.append(f"prefetch.{key}: {len(found) - kept} resource(s) given twice were kept once")
+        if kept:
+            counts[rtype] = kept
     fetch = FetchResult(
         patient=patient,
         resources=resources,

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from flask import Blueprint, Flask, current_app, jsonify, request
 from flask.wrappers import Response
 
+from smart_app import fhirjson as fj
 from smart_app.auditlog import audit_event
 from smart_app.cds.auth import (
     MAX_LIFETIME_SECONDS,
@@ -175,10 +176,9 @@ def call_service(service_id: str) -> Response:
         return _refused(exc, service, started)
     client = verified.client
     try:
-        hook = parse_hook_request(
-            _body(int(current_app.config.get("CDS_MAX_REQUEST_BYTES", DEFAULT_MAX_BYTES))), service
-        )
-        answer = answer_hook(service, hook, client, _settings())
+        body = _body(int(current_app.config.get("CDS_MAX_REQUEST_BYTES", DEFAULT_MAX_BYTES)))
+        with fj.gc_paused():  # a large prefetch is many objects: no collector passes over them meanwhile
+            answer = answer_hook(service, parse_hook_request(body, service), client, _settings())
     except CdsError as exc:
         return _refused(exc, service, started, registration=client.id)
     audit_event("cds", **answer.audit, duration_ms=_ms(started))
