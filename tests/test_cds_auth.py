@@ -225,6 +225,7 @@ def test_aud_may_be_an_array(client: FlaskClient, keys: cs.ClientKeys) -> None:
     [
         ({"exp": int(time.time()) + 3600}, "lifetime_too_long"),
         ({"iat": int(time.time()) + 600}, "not_yet_valid"),
+        ({"nbf": int(time.time()) + 600}, "not_yet_valid"),
         ({"jti": None}, "missing_claim"),
         ({"iat": None}, "missing_claim"),
     ],

@@ -10,7 +10,7 @@ Every call carries ``Authorization: Bearer <JWT>``. The JWT is accepted when:
 - the signature verifies with the key named by ``kid`` in the client's registered JWK Set (inline or
   ``jwks_url``), or in the JWK Set at the header's ``jku`` when that URL is on the client's allow-list;
 - ``aud`` (a string or an array) names the URL of the endpoint called; ``exp`` has not passed, is at most
-  :data:`MAX_LIFETIME_SECONDS` ahead, and ``iat`` is not in the future (each with
+  :data:`MAX_LIFETIME_SECONDS` ahead, and ``iat`` (and ``nbf``, if any) is not in the future (each with
   :data:`LEEWAY_SECONDS` of clock skew);
 - its ``jti`` was not seen before from that client (:class:`ReplayCache`, kept until the JWT expires).
 
@@ -348,8 +348,9 @@ def _check_claims(
         raise unauthorized("expired", "The JWT has expired.")
     if exp > now + max_lifetime + leeway:
         raise unauthorized("lifetime_too_long", f"The JWT's exp is more than {max_lifetime:.0f} s ahead.")
-    if iat > now + leeway:
-        raise unauthorized("not_yet_valid", "The JWT's iat is in the future.")
+    nbf = _number(claims.get("nbf"))
+    if iat > now + leeway or (nbf is not None and nbf > now + leeway):
+        raise unauthorized("not_yet_valid", "The JWT's iat or nbf is in the future.")
     jti = claims.get("jti")
     if not isinstance(jti, str) or not jti or len(jti) > 256:
         raise unauthorized("missing_claim", "The JWT needs a jti (at most 256 characters).")
