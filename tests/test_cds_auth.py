@@ -93,47 +93,35 @@ def spec_registry() -> CdsClientRegistry:
 
 
 # -- the specification's example JWT --
-def test_specification_example_jwt_verifies_through_its_jku_before_it_expires() -> None:
+def verify_spec_jwt(audience: str = SPEC_AUD, now: float | None = None) -> auth.Verified:
+    """The example JWT checked as a call to ``audience`` at ``now``; its key is served at its ``jku``."""
     with responses.RequestsMock() as rsps:
         rsps.add(responses.GET, SPEC_JKU, json=SPEC_JWKS)
-        verified = auth.verify_client_jwt(
+        return auth.verify_client_jwt(
             f"Bearer {SPEC_JWT}",
-            audience=SPEC_AUD,
+            audience=audience,
             clients=spec_registry(),
             jwks=auth.JwksCache(requests.Session()),
             replay=auth.MemoryReplayCache(),
-            now=SPEC_EXP - 100,
+            now=now,
         )
+
+
+def test_specification_example_jwt_verifies_through_its_jku_before_it_expires() -> None:
+    verified = verify_spec_jwt(now=SPEC_EXP - 100)
     assert verified.client.name == "Spec EHR"
     assert verified.claims["tenant"] == "2ddd6c3a-8e9a-44c6-a305-52111ad302a2"
 
 
 def test_specification_example_jwt_is_refused_now_it_has_expired() -> None:
-    with responses.RequestsMock() as rsps:
-        rsps.add(responses.GET, SPEC_JKU, json=SPEC_JWKS)
-        with pytest.raises(CdsError) as refused:
-            auth.verify_client_jwt(
-                f"Bearer {SPEC_JWT}",
-                audience=SPEC_AUD,
-                clients=spec_registry(),
-                jwks=auth.JwksCache(requests.Session()),
-                replay=auth.MemoryReplayCache(),
-            )
+    with pytest.raises(CdsError) as refused:
+        verify_spec_jwt()
     assert refused.value.status == 401 and refused.value.error == "expired"
 
 
 def test_specification_example_jwt_for_another_service_is_refused() -> None:
-    with responses.RequestsMock() as rsps:
-        rsps.add(responses.GET, SPEC_JKU, json=SPEC_JWKS)
-        with pytest.raises(CdsError) as refused:
-            auth.verify_client_jwt(
-                f"Bearer {SPEC_JWT}",
-                audience="https://cds.example.org/cds-services/another-service",
-                clients=spec_registry(),
-                jwks=auth.JwksCache(requests.Session()),
-                replay=auth.MemoryReplayCache(),
-                now=SPEC_EXP - 100,
-            )
+    with pytest.raises(CdsError) as refused:
+        verify_spec_jwt("https://cds.example.org/cds-services/another-service", now=SPEC_EXP - 100)
     assert refused.value.error == "wrong_audience"
 
 

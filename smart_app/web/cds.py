@@ -136,7 +136,15 @@ def _body(limit: int) -> bytes:
     return data
 
 
+def _service(service_id: str) -> Service:
+    service = SERVICES.get(service_id)
+    if service is None:
+        raise CdsError(404, "not_found", "No such CDS service.")
+    return service
+
+
 def _authenticate() -> Verified:
+    """The CDS client of this call, from its JWT."""
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     return verify_client_jwt(
         request.headers.get("Authorization"),
@@ -167,20 +175,17 @@ def discovery() -> Response:
 @bp.post("/cds-services/<service_id>")
 def call_service(service_id: str) -> Response:
     started = time.perf_counter()
-    service = SERVICES.get(service_id)
-    if service is None:
-        return _json({"error": "not_found", "error_description": "No such CDS service."}, 404)
+    service: Service | None = None
+    client_id = None
     try:
-        verified = _authenticate()
-    except CdsError as exc:
-        return _refused(exc, service, started)
-    client = verified.client
-    try:
+        service = _service(service_id)
+        client = _authenticate().client
+        client_id = client.id
         body = _body(int(current_app.config.get("CDS_MAX_REQUEST_BYTES", DEFAULT_MAX_BYTES)))
         with fj.gc_paused():  # a large prefetch is many objects: no collector passes over them meanwhile
             answer = answer_hook(service, parse_hook_request(body, service), client, _settings())
     except CdsError as exc:
-        return _refused(exc, service, started, registration=client.id)
+        return _refused(exc, service, started, registration=client_id)
     audit_event("cds", **answer.audit, duration_ms=_ms(started))
     return _json(answer.body)
 
@@ -188,16 +193,13 @@ def call_service(service_id: str) -> Response:
 @bp.post("/cds-services/<service_id>/feedback")
 def feedback(service_id: str) -> Response:
     started = time.perf_counter()
-    service = SERVICES.get(service_id)
-    if service is None:
-        return _json({"error": "not_found", "error_description": "No such CDS service."}, 404)
+    service: Service | None = None
     try:
-        verified = _authenticate()
+        service = _service(service_id)
+        client = _authenticate().client
         items = parse_feedback(_body(FEEDBACK_MAX_BYTES))
     except CdsError as exc:
         return _refused(exc, service, started)
     for item in items:
-        audit_event(
-            "cds-feedback", service=service.id, registration=verified.client.id, **item.audit_fields()
-        )
+        audit_event("cds-feedback", service=service.id, registration=client.id, **item.audit_fields())
     return _json({})
