@@ -437,3 +437,29 @@ def test_search_keys_match_the_discovery_templates() -> None:
     from smart_app.cds.prefetch import templates
 
     assert set(templates()) == {"patient", *SEARCH_KEYS}
+
+
+# -- order-sign --
+def test_order_sign_call_with_a_back_mouse_order_despite_a_red_flag(
+    client: FlaskClient, keys: cs.ClientKeys
+) -> None:
+    body = cs.hook_body(
+        hook="order-sign",
+        prefetch=cs.prefetch_of(patient(), RED_FLAG),
+        draft_orders=[cs.order("11900"), cs.order("80053", oid="sr-lab")],
+    )
+    answer = cs.post(client, keys, cs.ORDER_SIGN, body)
+    assert answer.status_code == 200 and cs.response_problems(answer.get_json()) == []
+    [card] = answer.get_json()["cards"]
+    assert card["indicator"] == "critical" and "Malignancy" in card["summary"]
+    assert "`ServiceRequest/sr-1`" in card["detail"] and "sr-lab" not in card["detail"]
+    assert [s["actions"][0]["resourceId"] for s in card["suggestions"]] == ["ServiceRequest/sr-1"]
+
+
+def test_order_sign_needs_draft_orders_and_a_clinician(client: FlaskClient, keys: cs.ClientKeys) -> None:
+    body = cs.hook_body(hook="order-sign", prefetch=cs.prefetch_of(patient(), RED_FLAG))
+    answer = cs.post(client, keys, cs.ORDER_SIGN, body)
+    assert answer.status_code == 400 and "draftOrders" in answer.get_json()["error_description"]
+    body = cs.hook_body(hook="order-sign", user="Patient/p1", draft_orders=[cs.order()])
+    answer = cs.post(client, keys, cs.ORDER_SIGN, body)
+    assert answer.status_code == 400 and "context.userId" in answer.get_json()["error_description"]
