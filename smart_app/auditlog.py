@@ -36,6 +36,7 @@ _TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
 _CODE = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
 _URL = re.compile(r"^https?://[A-Za-z0-9\-.]+(:\d{1,5})?(/[A-Za-z0-9\-._~/]*)?$")
 _SCOPE = re.compile(r"^[A-Za-z0-9_.:/*?=&\- ]{0,2000}$")
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _CANONICAL = re.compile(r"^https?://[A-Za-z0-9\-.]+(/[A-Za-z0-9\-._~/]*)?(\|[A-Za-z0-9.\-]{1,32})?$")
 
 
@@ -87,6 +88,14 @@ def _canonical(value: Any) -> Any:
     return value if isinstance(value, str) and _CANONICAL.match(value) else DROPPED
 
 
+def _uuid(value: Any) -> Any:
+    return value if isinstance(value, str) and _UUID.match(value) else DROPPED
+
+
+def _uuids(value: Any) -> Any:
+    return [_uuid(v) for v in value][:100] if isinstance(value, list | tuple) else DROPPED
+
+
 def _flag(value: Any) -> Any:
     return value if isinstance(value, bool) else DROPPED
 
@@ -120,6 +129,13 @@ FIELDS: dict[str, Callable[[Any], Any]] = {
     "round_trips": _count,
     "duration_ms": _count,
     "command": _code,
+    # CDS Hooks (docs/cds-hooks.md#audit): the service, the hook call, its cards, feedback on them
+    "service": _code,
+    "hook_instance": _uuid,
+    "cards": _uuids,
+    "card": _uuid,
+    "suggestions": _uuids,
+    "override_reason": _code,
 }
 
 

@@ -156,3 +156,48 @@ def draft_file(
     return build_transaction(
         assessment, author=author, encounter=encounter, recorded=recorded, assessment_as=assessment_as
     )
+
+
+def assess_prefetched(
+    patient_id: str,
+    prefetched: FetchResult,
+    *,
+    as_of: datetime,
+    read: Sequence[str] = (),
+    client: FhirClient | None = None,
+    readable: Callable[[str], bool] | None = None,
+    criteria_version: str | None = None,
+    page_size: int = DEFAULT_PAGE_SIZE,
+) -> tuple[dict[str, Any] | None, FetchResult]:
+    """The Assessment JSON for a CDS Hooks call (docs/cds-hooks.md#reading-the-record): the record the
+    CDS client prefetched, completed by reading the types in ``read`` ("Patient" and search types) from
+    its FHIR server with ``client``, which carries the ``fhirAuthorization`` token, exactly as a launch
+    reads (:func:`fetch_patient_record`: same budgets, paging and decoding). ``readable`` says which of
+    them the token's scopes allow. ``prefetched.skipped`` names what is neither prefetched nor read.
+    ``None`` when the Patient was neither prefetched nor read. Raises ``FhirUnauthorized`` when the
+    server refused the token for every read."""
+    fetched = prefetched
+    if read:
+        if client is None:
+            raise ValueError("reading the record needs a FHIR client")
+        wanted = frozenset(read)
+        allowed = readable or (lambda _type: True)
+        more = fetch_patient_record(
+            client, patient_id, lambda t: t in wanted and allowed(t), page_size=page_size
+        )
+        fetched = FetchResult(
+            patient=prefetched.patient or more.patient,
+            resources=[*prefetched.resources, *more.resources],
+            counts={
+                t: prefetched.counts.get(t, 0) + more.counts.get(t, 0)
+                for t in sorted({*prefetched.counts, *more.counts})
+            },
+            failures=[*prefetched.failures, *more.failures],
+            skipped=[s for s in prefetched.skipped if s[0] not in wanted]
+            + [s for s in more.skipped if s[0] in wanted],
+            round_trips=prefetched.round_trips + more.round_trips,
+            notes=[*prefetched.notes, *more.notes],
+        )
+    if fetched.patient is None:
+        return None, fetched
+    return assess(record_of(fetched), as_of, criteria_version).to_json(), fetched

@@ -79,6 +79,19 @@ DEFAULTS: dict[str, Any] = {
     # ({"reference": "Encounter/<id>"}), "absolute" (an absolute URL) and "identifier"
     # ({"type": "Encounter", "identifier": {...}}). Empty: none.
     "EHR_LAUNCH_FHIR_CONTEXT": [],
+    # CDS Hooks (cds.py): the services' base URL ("{app}/cds-services"); None: the chart calls none.
+    "CDS_SERVICES_URL": None,
+    # Satisfy the services' prefetch templates, and give them a read token for the patient as well.
+    "CDS_PREFETCH": True,
+    "CDS_FHIR_AUTHORIZATION": True,
+    # The services' client id with the sandbox's authorization server, and its token's lifetime.
+    "CDS_SERVICE_CLIENT_ID": "back-mice-cds",
+    "CDS_TOKEN_TTL": 300,
+    # Connect and read timeouts of calls to the services; reuse of the discovery document; how long
+    # the cards of a call can still be accepted or dismissed (seconds).
+    "CDS_TIMEOUT": [3.05, 10.0],
+    "CDS_DISCOVERY_TTL": 300,
+    "CDS_CALL_TTL": 3600,
     # Fault injection for tests only (see faults.py); empty means none.
     "FAULTS": {},
     # Compress responses when the client accepts gzip and the body is at least this long, at this

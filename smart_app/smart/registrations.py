@@ -34,6 +34,8 @@ WRITEBACK_MODES: tuple[str, ...] = ("transaction", "sequential")
 ASSESSMENT_RESOURCES: tuple[str, ...] = ("ClinicalImpression", "DocumentReference")
 #: A registration id is a path segment of its launch URL (``/launch/<id>``).
 _REGISTRATION_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+#: ``"kind"`` of a registration file that registers a CDS Hooks client, not an EHR (docs/cds-hooks.md).
+CDS_CLIENT_KIND = "cds-client"
 
 _FIELDS = frozenset(
     {
@@ -229,12 +231,15 @@ def load_registrations(dirs: Sequence[Path | str]) -> RegistrationRegistry:
         if not path.is_dir():
             raise RegistrationError(f"Registrations directory {path} does not exist.")
         for file in sorted(path.glob("*.json")):
-            registry.add(load_registration_file(file))
+            data = read_registration_json(file)
+            if data.get("kind") == CDS_CLIENT_KIND:  # a CDS Hooks client: smart_app.cds.clients reads it
+                continue
+            registry.add(parse_registration(data, source=file))
     return registry
 
 
-def load_registration_file(path: Path) -> Registration:
-    """Read and validate one registration file; errors name the file and the field."""
+def read_registration_json(path: Path) -> dict[str, Any]:
+    """The JSON object of one registration file; errors name the file."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
@@ -243,7 +248,12 @@ def load_registration_file(path: Path) -> Registration:
         raise RegistrationError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}).") from exc
     if not isinstance(data, dict):
         raise RegistrationError(f"{path}: must contain a JSON object.")
-    return parse_registration(data, source=path)
+    return data
+
+
+def load_registration_file(path: Path) -> Registration:
+    """Read and validate one registration file; errors name the file and the field."""
+    return parse_registration(read_registration_json(path), source=path)
 
 
 def parse_registration(data: Mapping[str, Any], *, source: Path | None = None) -> Registration:

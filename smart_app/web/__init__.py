@@ -66,13 +66,14 @@ def init_app(app: Flask) -> None:
     csrf.init_app(app)
     app.after_request(security_headers)
 
-    from smart_app.web import audit, errors, launch, session, views
+    from smart_app.web import audit, cds, errors, launch, session, views
 
     session.init_app(app)
     errors.register_error_handlers(app)
     app.register_blueprint(launch.bp)
     app.register_blueprint(views.bp)
     app.register_blueprint(audit.bp)
+    app.register_blueprint(cds.bp)
 
 
 def init_sessions(app: Flask) -> None:

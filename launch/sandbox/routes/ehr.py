@@ -1,14 +1,16 @@
 """The "EHR" a clinician sees: a patient list, and a chart that launches the app in an iframe from
-another origin (SMART App Launch 2.x "EHR Launch": ``{launch URL}?iss=...&launch=...``)."""
+another origin (SMART App Launch 2.x "EHR Launch": ``{launch URL}?iss=...&launch=...``), with the cards
+of the CDS Hooks ``patient-view`` services above it (``cds.py``)."""
 
 from __future__ import annotations
 
 from typing import Any
 from urllib.parse import urlencode
 
-from flask import Blueprint, Response, current_app, jsonify, redirect, render_template, request
+from flask import Blueprint, Response, current_app, jsonify, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response as WerkzeugResponse
 
+from .. import cds
 from ..context import ContextError, checked_items, encounter_items
 from ..directory import display_name, latest_encounter, patients, practitioners
 from ..oauth import Launch
@@ -106,14 +108,87 @@ def launch_page() -> Response:
     store = get_state().store
     patient = store.read("Patient", str(launch["patient"])) or {}
     user = store.read("Practitioner", str(launch["user"])[13:]) or {}
+    calls = cds.patient_view(str(launch["patient"]), str(launch["user"]), launch["encounter"])
     html = render_template(
         "ehr_launch.html",
         launch_url=launch["url"],
         patient_name=display_name(patient),
         encounter=launch["encounter"],
         user_name=display_name(user),
+        cds_calls=cds.with_cards_shown(calls),
+        smart_link_allowed=cds.smart_link_allowed,
     )
     return Response(html)
+
+
+# -- CDS Hooks: the cards' actions -----------------------------------------------------------------------
+@bp.get("/ehr/cds/jwks.json")
+def cds_jwks() -> Response:
+    """The public key of the sandbox's CDS client JWTs (their ``jku``)."""
+    return jsonify(cds.public_jwks())
+
+
+def _chart_url(call: cds.CdsCall) -> str:
+    query = {"patient": call.patient, "user": call.user, "encounter": call.encounter or ""}
+    return f"{url_for('ehr.launch_page')}?{urlencode(query)}"
+
+
+def _cds_result(
+    title: str, message: str, call: cds.CdsCall | None, written: list[str], status: int
+) -> Response:
+    html = render_template(
+        "ehr_cds_result.html",
+        title=title,
+        message=message,
+        written=written,
+        chart_url=_chart_url(call) if call is not None else url_for("ehr.index"),
+    )
+    return Response(html, status)
+
+
+@bp.post("/ehr/cds/accept")
+def cds_accept() -> Response:
+    """Accept a card's suggestion: its actions are written through the FHIR API, then feedback is sent."""
+    form = request.form
+    call = None
+    try:
+        call = cds.find_call(form.get("hook_instance", ""))
+        written = cds.accept(call.hook_instance, form.get("card", ""), form.get("suggestion", ""))
+    except cds.CdsClientError as exc:
+        return _cds_result("Suggestion not applied", str(exc), call, [], 400)
+    return _cds_result("Suggestion accepted", "Written to the chart:", call, written, 200)
+
+
+@bp.post("/ehr/cds/dismiss")
+def cds_dismiss() -> Response:
+    """Dismiss a card with the override reason chosen; the service gets ``overridden`` feedback."""
+    form = request.form
+    call = None
+    try:
+        call = cds.find_call(form.get("hook_instance", ""))
+        cds.dismiss(call.hook_instance, form.get("card", ""), form.get("reason") or None)
+    except cds.CdsClientError as exc:
+        return _cds_result("Card not dismissed", str(exc), call, [], 400)
+    return _cds_result("Card dismissed", "The service was told why.", call, [], 200)
+
+
+@bp.get("/ehr/cds/launch")
+def cds_launch() -> WerkzeugResponse:
+    """A card's ``smart`` link: a new EHR launch of the app, in the chart's context."""
+    try:
+        call = cds.find_call(request.args.get("hook_instance", ""))
+    except cds.CdsClientError as exc:
+        return Response(render_template("error.html", error="invalid_request", description=str(exc)), 400)
+    if not cds.smart_link_allowed(request.args.get("url", "")):
+        return Response(
+            render_template("error.html", error="invalid_request", description="not a registered SMART app"),
+            400,
+        )
+    try:
+        launch = create_launch(call.patient, call.encounter or "", call.user)
+    except LaunchRequestError as exc:
+        return Response(render_template("error.html", error="invalid_request", description=str(exc)), 400)
+    return redirect(str(launch["url"]), code=303)
 
 
 def _json_launch(
