@@ -167,7 +167,7 @@ def assess_prefetched(
     client: FhirClient | None = None,
     readable: Callable[[str], bool] | None = None,
     criteria_version: str | None = None,
-    page_size: int = DEFAULT_PAGE_SIZE,
+    page_size: int | None = None,
 ) -> tuple[dict[str, Any] | None, FetchResult]:
     """The Assessment JSON for a CDS Hooks call (docs/cds-hooks.md#reading-the-record): the record the
     CDS client prefetched, completed by reading the types in ``read`` ("Patient" and search types) from
@@ -176,6 +176,8 @@ def assess_prefetched(
     them the token's scopes allow. ``prefetched.skipped`` names what is neither prefetched nor read.
     ``None`` when the Patient was neither prefetched nor read. Raises ``FhirUnauthorized`` when the
     server refused the token for every read."""
+    from smart_app.fhir.record import DEFAULT_PAGE_SIZE, FetchResult, fetch_patient_record
+
     fetched = prefetched
     if read:
         if client is None:
@@ -183,7 +185,7 @@ def assess_prefetched(
         wanted = frozenset(read)
         allowed = readable or (lambda _type: True)
         more = fetch_patient_record(
-            client, patient_id, lambda t: t in wanted and allowed(t), page_size=page_size
+            client, patient_id, lambda t: t in wanted and allowed(t), page_size=page_size or DEFAULT_PAGE_SIZE
         )
         fetched = FetchResult(
             patient=prefetched.patient or more.patient,
@@ -200,4 +202,5 @@ def assess_prefetched(
         )
     if fetched.patient is None:
         return None, fetched
-    return assess(record_of(fetched), as_of, criteria_version).to_json(), fetched
+    base = client.base_url if client is not None else None
+    return assess(record_of(fetched, fhir_base=base), as_of, criteria_version).to_json(), fetched

@@ -217,8 +217,10 @@ def test_every_case_gives_well_formed_cards_only_when_there_is_something_to_act_
         assert result.body["cards"] == []
     if classification in cards.SUSPECTED:
         assert len(result.body["cards"]) == 1
+    from smart_app.clinical.engine import criteria_for
+
     for card in result.body["cards"]:
-        assert card["uuid"] and card["source"]["label"].endswith("criteria 1.0.0")
+        assert card["uuid"] and card["source"]["label"].endswith(f"criteria {criteria_for().version}")
         suggestions = card.get("suggestions", [])
         assert all(
             a["resource"]["meta"]["tag"][0]["code"] == "draft-requires-review"
