@@ -691,10 +691,13 @@ class Pair:
         workers: int = 1,
         settings: Mapping[str, Any] | None = None,
         secret_key: str | None = None,
+        public_host: str = "127.0.0.1",
     ) -> None:
+        """``public_host`` names the proxy in the app's public URL (``localhost`` makes the app another
+        site than a sandbox on ``127.0.0.1``, as an EHR and an app are)."""
         import secrets
 
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"http://{public_host}:{port}"
         key = secret_key or secrets.token_urlsafe(48)  # one secret for all: cookies and CSRF tokens
         self.instances: list[AppInstance] = []
         for number in range(1, instances + 1):
