@@ -23,6 +23,7 @@ Usage: ``python benchmarks/bench.py [--runs 10] [--normal-runs 20] [--observatio
 from __future__ import annotations
 
 import argparse
+import gc
 import math
 import os
 import shutil
@@ -128,6 +129,20 @@ def ratio(measured: float, baseline: float) -> str:
     return f"{measured / baseline:.1f}x" if baseline > 0 else "-"
 
 
+def _timed(action: Callable[..., object], *args: Any, collect: bool = True) -> float:
+    """Seconds ``action(*args)`` takes after a full collection; with ``collect=False`` the garbage
+    collector is paused meanwhile (a floor: no collection of this process's other objects counted)."""
+    gc.collect()
+    if not collect:
+        gc.disable()
+    try:
+        started = time.perf_counter()
+        action(*args)
+        return time.perf_counter() - started
+    finally:
+        gc.enable()
+
+
 # --- the data ------------------------------------------------------------------------------------------
 def write_data(workdir: Path, observations: int) -> tuple[Path, dict[str, str]]:
     """The sandbox's patients plus one big patient per record kind; returns the data directory and the
@@ -205,11 +220,13 @@ def reader_token(sandbox: SandboxProcess) -> str:
 
 
 def ehr_alone(
-    fhir_base: str, token: str, patient: str, runs: int, budget: float
+    fhir_base: str, token: str, patient: str, runs: int, budget: float, by: str = "patient"
 ) -> tuple[float, float, list[bytes]]:
     """The EHR serving the reads the criteria need (Patient, Observation and Condition with their pages,
     in parallel, as one client would), without the app: median and p95 seconds over ``runs`` (fewer once
-    ``budget`` seconds have gone), and the bodies."""
+    ``budget`` seconds have gone), and the bodies. ``by`` is the search parameter naming the patient:
+    ``patient`` or ``subject`` (``Patient/<id>``), which R4 defines alike for both types and servers
+    may answer at very different speeds."""
     headers = {"Authorization": f"Bearer {token}", "Accept": "application/fhir+json"}
 
     def search(url: str, params: dict[str, str] | None) -> list[bytes]:
@@ -227,7 +244,7 @@ def ehr_alone(
 
     timings: list[float] = []
     bodies: list[bytes] = []
-    query = {"patient": patient, "_count": str(PAGE_SIZE)}
+    query = {by: patient if by == "patient" else f"Patient/{patient}", "_count": str(PAGE_SIZE)}
     for _ in range(runs):
         if timings and sum(timings) > budget:
             break
@@ -244,14 +261,13 @@ def ehr_alone(
 
 
 def decode_seconds(bodies: list[bytes], runs: int = 5) -> float:
-    """Median seconds to ``orjson.loads`` every body: the floor of reading them."""
-    timings = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        for body in bodies:
-            orjson.loads(body)
-        timings.append(time.perf_counter() - started)
-    return statistics.median(timings)
+    """Median seconds to ``orjson.loads`` every body, the collector paused: the floor of reading them."""
+    return statistics.median(_timed(_decode_all, bodies, collect=False) for _ in range(runs))
+
+
+def _decode_all(bodies: list[bytes]) -> None:
+    for body in bodies:
+        orjson.loads(body)
 
 
 # --- launches ------------------------------------------------------------------------------------------
@@ -281,30 +297,42 @@ def launch_once(ehr: Ehr, pair: Pair, patient: str) -> tuple[float, bool]:
     return elapsed, page.status_code == 200 and page.url.startswith(f"{pair.url}/review")
 
 
+def measure_one(ehr: Ehr, pair: Pair, redis: Any, patient: str, into: Launches) -> float:
+    """One launch into ``into`` with its round trips, app CPU and the bytes of the Redis keys it added."""
+    keys_before = set(stored_bytes(redis))
+    reads_before = ehr.fhir_reads()
+    cpu_before = pair.cpu_seconds()
+    elapsed, ok = launch_once(ehr, pair, patient)
+    into.cpu_seconds += pair.cpu_seconds() - cpu_before
+    if not ok:
+        into.errors += 1
+        return elapsed
+    into.seconds.append(elapsed)
+    into.round_trips.append(ehr.fhir_reads() - reads_before)
+    added = {key: size for key, size in stored_bytes(redis).items() if key not in keys_before}
+    into.session_bytes.append(sum(added.values()))
+    return elapsed
+
+
 def measure_launches(
-    ehr: Ehr, pair: Pair, redis: Any, patients: Sequence[str], runs: int, budget: float
-) -> Launches:
-    """``runs`` launches one after another (fewer once ``budget`` seconds have gone, at least 2)."""
-    result = Launches()
+    ehr: Ehr, floor: Ehr, pair: Pair, redis: Any, patients: Sequence[str], runs: int, budget: float
+) -> tuple[Launches, Launches]:
+    """``runs`` launches against ``ehr`` one after another, each paired with one against ``floor`` (so the
+    machine's other work falls on both alike), the pair's order alternating (so each EHR's launches start
+    on every app instance alike); fewer once ``budget`` seconds have gone, at least 2."""
+    measured, floor_launches = Launches(), Launches()
     spent = 0.0
     for number in range(runs):
         if number >= 2 and spent > budget:
             break
         patient = patients[number % len(patients)]
-        keys_before = set(stored_bytes(redis))
-        reads_before = ehr.fhir_reads()
-        cpu_before = pair.cpu_seconds()
-        elapsed, ok = launch_once(ehr, pair, patient)
-        result.cpu_seconds += pair.cpu_seconds() - cpu_before
-        spent += elapsed
-        if not ok:
-            result.errors += 1
-            continue
-        result.seconds.append(elapsed)
-        result.round_trips.append(ehr.fhir_reads() - reads_before)
-        added = {key: size for key, size in stored_bytes(redis).items() if key not in keys_before}
-        result.session_bytes.append(sum(added.values()))
-    return result
+        if number % 2:
+            spent += measure_one(ehr, pair, redis, patient, measured)
+            measure_one(floor, pair, redis, patient, floor_launches)
+        else:
+            measure_one(floor, pair, redis, patient, floor_launches)
+            spent += measure_one(ehr, pair, redis, patient, measured)
+    return measured, floor_launches
 
 
 def bare_request_cpu(pair: Pair, requests_count: int = 40) -> float:
@@ -334,9 +362,9 @@ def launch_section(
     CPU and session bytes beside their floors."""
     for patient in patients:  # the fast EHR records the answers it will replay
         launch_once(fast, pair, patient)
-    floor = measure_launches(fast, pair, redis, patients, runs, budget)
-    measured = measure_launches(ehr, pair, redis, patients, runs, budget)
+    measured, floor = measure_launches(ehr, fast, pair, redis, patients, runs, budget)
     alone_p50, alone_p95, bodies = ehr_alone(ehr.fhir_base, ehr.reader, patients[0], 3, budget / 4)
+    subject_p50, subject_p95, _ = ehr_alone(ehr.fhir_base, ehr.reader, patients[0], 3, budget / 4, "subject")
     where = f"{label}, {ehr.name}"
     if not measured.seconds:
         table.add(f"launch, {where}", f"all {measured.errors} launches failed")
@@ -349,13 +377,15 @@ def launch_section(
     table.add(
         f"launch p50, {where} ({n})",
         ms(p50),
-        f"{ms(floor_p50)} fast EHR (app's share); {ms(alone_p50)} EHR alone",
+        f"{ms(floor_p50)} fast EHR (app's share); EHR alone {ms(alone_p50)} by patient=, "
+        f"{ms(subject_p50)} by subject=",
         ratio(p50, floor_p50),
     )
     table.add(
         f"launch p95, {where}",
         ms(p95),
-        f"{ms(floor_p95)} fast EHR (app's share); {ms(alone_p95)} EHR alone",
+        f"{ms(floor_p95)} fast EHR (app's share); EHR alone {ms(alone_p95)} by patient=, "
+        f"{ms(subject_p95)} by subject=",
         ratio(p95, floor_p95),
         "<= 1000 ms" if big else "",
     )
@@ -403,19 +433,13 @@ def assessment_section(table: Table, observations: int, runs: int = 3) -> None:
         data = orjson.dumps(big_patient(f"bench-{kind}", observations, make))
         assess_bundle(data, as_of)  # criteria and terminology load once per process
         assess_s = statistics.median(_timed(assess_bundle, data, as_of) for _ in range(runs))
-        decode_s = statistics.median(_timed(orjson.loads, data) for _ in range(runs))
+        decode_s = statistics.median(_timed(orjson.loads, data, collect=False) for _ in range(runs))
         table.add(
             f"bytes -> assessment, {observations} {kind} Observations ({len(data) / 2**20:.1f} MB)",
             ms(assess_s),
-            f"{ms(decode_s)} orjson.loads of the same bytes",
+            f"{ms(decode_s)} orjson.loads of the same bytes, the collector paused",
             ratio(assess_s, decode_s),
         )
-
-
-def _timed(action: Callable[..., object], *args: Any) -> float:
-    started = time.perf_counter()
-    action(*args)
-    return time.perf_counter() - started
 
 
 # --- the command line ----------------------------------------------------------------------------------
@@ -470,7 +494,8 @@ def load_section(
     concurrency: int,
     launches: int,
     sequential_p95: float,
-    idle_rss: int,
+    rss_at_start: int,
+    rss_before_load: int,
 ) -> None:
     """``launches`` launches of the normal patients by ``concurrency`` browsers at once. The throughput's
     baseline is the machine's ceiling: its cores divided by the CPU one launch costs the whole stack."""
@@ -521,8 +546,8 @@ def load_section(
     table.add(
         f"RSS per worker (largest), {where}",
         f"{rss / 2**20:.0f} MB",
-        f"{idle_rss / 2**20:.0f} MB before the first launch",
-        ratio(rss, idle_rss),
+        f"{rss_before_load / 2**20:.0f} MB before the load test ({rss_at_start / 2**20:.0f} MB at start)",
+        ratio(rss, rss_before_load),
     )
 
 
@@ -657,7 +682,7 @@ def main() -> int:
             return 1
         pair, redis = run.pair, run.redis.client()
         hop_cpu = bare_request_cpu(pair)
-        idle_rss = max(pair.worker_rss())
+        rss_at_start = max(pair.worker_rss())
         normal_counts = record_counts(run.data, "jkowalski")
         sequential_p95 = 0.0
         for ehr_name, normal_ehr in (
@@ -702,6 +727,7 @@ def main() -> int:
             f"load: {len(pair.instances)} app instances x {args.workers} worker(s) x 4 threads behind "
             "HAProxy, one Redis, the sandbox EHR, normal patients"
         )
+        rss_before_load = max(pair.worker_rss())
         for level in LOAD_LEVELS:
             load_section(
                 table,
@@ -711,7 +737,8 @@ def main() -> int:
                 level,
                 max(args.load_launches, 2 * level),
                 sequential_p95,
-                idle_rss,
+                rss_at_start,
+                rss_before_load,
             )
     load = os.getloadavg()
     print()
