@@ -39,7 +39,7 @@ CLIENT_ID = "back-mice-two-hosts"
 PATIENT = "jkowalski"
 #: The sandbox's access tokens live this long, and the app renews this long before expiry: a token
 #: needs renewing ACCESS_TTL - LEEWAY seconds after it was issued.
-ACCESS_TTL = 64
+ACCESS_TTL = 68
 LEEWAY = 60
 TIMEOUT = 60
 
