@@ -31,8 +31,8 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/launch_bench.py
-	$(BIN)/python benchmarks/assess_bench.py
+	$(BIN)/python tests/setup_test_deps.py
+	$(BIN)/python benchmarks/bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

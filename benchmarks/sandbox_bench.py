@@ -22,7 +22,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -32,6 +31,7 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.records import RecordMaker, compact, realistic  # noqa: E402
 from launch.sandbox import create_app  # noqa: E402
 from launch.sandbox.oauth import Grant  # noqa: E402
 
@@ -40,86 +40,11 @@ PATIENT = "bench"
 BASE = "http://sandbox.bench/fhir"
 
 
-def compact(index: int) -> dict[str, Any]:
-    return {
-        "resourceType": "Observation",
-        "id": f"o{index}",
-        "status": "final",
-        "category": [
-            {
-                "coding": [
-                    {
-                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                        "code": "vital-signs",
-                    }
-                ]
-            }
-        ],
-        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}]},
-        "subject": {"reference": f"Patient/{PATIENT}"},
-        "effectiveDateTime": f"2025-{1 + index % 12:02d}-{1 + index % 28:02d}T08:00:00Z",
-        "valueQuantity": {
-            "value": 60 + index % 40,
-            "unit": "/min",
-            "system": "http://unitsofmeasure.org",
-            "code": "/min",
-        },
-    }
-
-
-def realistic(index: int) -> dict[str, Any]:
-    """About 1.3 KB, as EHRs send them: identifiers, displays, performer, interpretation, range, note."""
-    resource = compact(index)
-    day = f"2025-{1 + index % 12:02d}-{1 + index % 28:02d}"
-    resource.update(
-        {
-            "meta": {"profile": ["http://hl7.org/fhir/StructureDefinition/heartrate"]},
-            "identifier": [{"system": "https://ehr.example/fhir/sid/obs", "value": f"OBS-{index:08d}"}],
-            "subject": {"reference": f"Patient/{PATIENT}", "display": "Bench Patient"},
-            "encounter": {"reference": f"Encounter/bench-enc-{index % 50}"},
-            "issued": f"{day}T08:05:00.000Z",
-            "performer": [{"reference": "Practitioner/dr-ada", "display": "Ada Lovelace, MD"}],
-            "interpretation": [
-                {
-                    "coding": [
-                        {
-                            "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation",
-                            "code": "N",
-                            "display": "Normal",
-                        }
-                    ]
-                }
-            ],
-            "referenceRange": [
-                {
-                    "low": {
-                        "value": 50,
-                        "unit": "/min",
-                        "system": "http://unitsofmeasure.org",
-                        "code": "/min",
-                    },
-                    "high": {
-                        "value": 100,
-                        "unit": "/min",
-                        "system": "http://unitsofmeasure.org",
-                        "code": "/min",
-                    },
-                    "text": "50-100 beats per minute",
-                }
-            ],
-            "note": [{"text": "Resting, seated, measured at the radial artery after five minutes of rest."}],
-            "device": {"display": "Automated vital signs monitor, bay 4"},
-        }
-    )
-    resource["code"]["text"] = "Heart rate"
-    return resource
-
-
-def build_sandbox(make: Callable[[int], dict[str, Any]], count: int, tmp: Path) -> tuple[Any, str]:
+def build_sandbox(make: RecordMaker, count: int, tmp: Path) -> tuple[Any, str]:
     data = tmp / make.__name__
     data.mkdir()
     entries = [{"resource": {"resourceType": "Patient", "id": PATIENT, "name": [{"text": "Bench Patient"}]}}]
-    entries += [{"resource": make(i)} for i in range(count)]
+    entries += [{"resource": make(i, PATIENT)} for i in range(count)]
     bundle = {"resourceType": "Bundle", "type": "collection", "entry": entries}
     (data / "bench.json").write_bytes(orjson.dumps(bundle))
     app = create_app(
@@ -228,7 +153,7 @@ def main() -> None:
             gc.collect()
             gc.freeze()  # as `back-mice-sandbox serve` does after loading: the store is permanent
             client = app.test_client()
-            size = len(orjson.dumps(make(1)))
+            size = len(orjson.dumps(make(1, PATIENT)))
             page_through(client, token, args.page_size, gzip=False)  # warm-up
             first: list[float] = []
             later: list[float] = []
