@@ -43,6 +43,8 @@ DEFAULTS: dict[str, Any] = {
     # The EHR's smart_style_url: at most this many bytes (decompressed) within this many seconds.
     "STYLE_MAX_BYTES": 64 * 1024,
     "STYLE_BUDGET_SECONDS": 3.0,
+    # A style whose answer carries no freshness information (Cache-Control, Expires) is reused this long.
+    "STYLE_CACHE_SECONDS": 300,
     # PEM private keys for private_key_jwt client assertions; empty = an RS384 and an ES384 key are
     # generated once into instance/keys/. Their public halves are served at /.well-known/jwks.json.
     "SMART_SIGNING_KEY_FILES": [],
