@@ -351,7 +351,8 @@ def test_timeout_after_commit_then_retry_finds_the_resources(tmp_path: Path) -> 
             assert lost.status_code == 200, lost.text[:3000]
             assert "Draft written to the chart" in lost.text and "HTTP 504" in lost.text
             found = written_rows(lost.text)
-            assert found and all(r["result"] == "in the chart (found by reading it back)" for r in found), found
+            assert found, lost.text[:3000]
+            assert all(r["result"] == "in the chart (found by reading it back)" for r in found), found
 
             done = post_write(running, browser, form)
             assert done.status_code == 200, done.text[:3000]

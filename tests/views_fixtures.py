@@ -122,16 +122,12 @@ class FakeEhr:
         params = dict(parse_qsl(parts.query))
 
         def matches(resource: dict[str, Any]) -> bool:
-            if resource["resourceType"] != rtype:
-                return False
-            for name, key in (("identifier", "identifier"), ("_tag", "tag")):
-                if name in params:
-                    system, _, value = params[name].partition("|")
-                    items = resource.get(key) if key == "identifier" else resource.get("meta", {}).get("tag")
-                    if not any(i.get("system") == system and i.get(("value" if key == "identifier" else "code"))
-                               == value for i in items or []):
-                        return False
-            return True
+            tokens = {(i.get("system"), i.get("value")) for i in resource.get("identifier") or []}
+            tags = {(t.get("system"), t.get("code")) for t in resource.get("meta", {}).get("tag") or []}
+            for name, held in (("identifier", tokens), ("_tag", tags)):
+                if name in params and tuple(params[name].split("|", 1)) not in held:
+                    return False
+            return resource["resourceType"] == rtype
 
         found = [r for r in self.stored if matches(r)]
         return 200, {"Content-Type": "application/fhir+json"}, json.dumps(bundle(found))

@@ -514,9 +514,9 @@ class FhirClient:
     ) -> _Answer:
         """One request and its whole answer, cut off at the request's or the budget's deadline.
         Raises ``_Unanswered`` when no answer came (connection refused or reset, connect timeout)."""
-        instant, seconds = self._cutoff()
+        instant, limit_name = self._cutoff()
         if instant - time.monotonic() <= 0:
-            raise self._cut_short_in_time(method, label, seconds, sent=False)
+            raise self._cut_short_in_time(method, label, limit_name, sent=False)
         request_headers = self._headers(headers)
         with self._count_lock:
             self._round_trips += 1
@@ -536,7 +536,7 @@ class FhirClient:
             except requests.exceptions.ConnectionError as exc:
                 # ConnectTimeout is both a ConnectionError and a Timeout: nothing was answered.
                 if cutoff.fired:
-                    raise self._cut_short_in_time(method, label, seconds) from None
+                    raise self._cut_short_in_time(method, label, limit_name) from None
                 timed_out = isinstance(exc, requests.exceptions.Timeout)
                 kind = "connect timeout" if timed_out else "connection failed"
                 logger.warning("FHIR %s %s %s after %.0f ms", method, label, kind, _ms(started))
@@ -545,7 +545,7 @@ class FhirClient:
             except requests.exceptions.Timeout:
                 # A read timeout: the server may still be working; retrying would multiply the wait.
                 if cutoff.fired:
-                    raise self._cut_short_in_time(method, label, seconds) from None
+                    raise self._cut_short_in_time(method, label, limit_name) from None
                 logger.warning("FHIR %s %s read timeout after %.0f ms", method, label, _ms(started))
                 raise FhirTimeout(f"{method} {label}: no answer within the read timeout") from None
             except requests.exceptions.RequestException as exc:
@@ -560,7 +560,7 @@ class FhirClient:
             else:
                 ok = 200 <= status < 300
                 limit = self.max_response_bytes if ok else _MAX_ERROR_BODY_BYTES
-                content = self._read(response, method, label, limit, cutoff, seconds, ok=ok)
+                content = self._read(response, method, label, limit, cutoff, limit_name, ok=ok)
         log = logger.debug if status < 400 else logger.warning
         log("FHIR %s %s -> %d in %.0f ms", method, label, status, _ms(started))
         return _Answer(
@@ -579,7 +579,7 @@ class FhirClient:
         label: str,
         limit: int,
         cutoff: Cutoff,
-        seconds: float,
+        limit_name: str,
         *,
         ok: bool,
     ) -> bytes | bytearray:
@@ -596,7 +596,7 @@ class FhirClient:
             ) from None
         except (urllib3.exceptions.HTTPError, requests.exceptions.RequestException, OSError) as exc:
             if cutoff.fired:
-                raise self._cut_short_in_time(method, label, seconds) from None
+                raise self._cut_short_in_time(method, label, limit_name) from None
             if not ok:
                 return b""
             logger.warning("FHIR %s %s: the answer broke off (%s)", method, label, type(exc).__name__)
@@ -610,14 +610,14 @@ class FhirClient:
                 f"{method} {label}: the body could not be decoded ({exc})"[:200], status=response.status_code
             ) from None
 
-    def _cutoff(self) -> tuple[float, float]:
+    def _cutoff(self) -> tuple[float, str]:
         """When the next request must be done: the budget's deadline or ``max_request_seconds`` from
-        now, whichever comes first; with the length of that limit, for messages."""
+        now, whichever comes first; with that limit named, for messages."""
         own = time.monotonic() + self.max_request_seconds
         deadline = self._deadline
         if deadline is not None and deadline.at <= own:
-            return deadline.at, deadline.seconds
-        return own, self.max_request_seconds
+            return deadline.at, f"{deadline.seconds:.0f} s budget for reading the record"
+        return own, f"{self.max_request_seconds:.0f} s limit for one request"
 
     def _timeouts(self, remaining: float) -> tuple[float, float] | float:
         """The configured (connect, read) timeouts, none longer than what is left."""
@@ -626,14 +626,9 @@ class FhirClient:
             return (min(self.timeout[0], cap), min(self.timeout[1], cap))
         return min(self.timeout, cap)
 
-    def _cut_short_in_time(
-        self, method: str, label: str, seconds: float, *, sent: bool = True
-    ) -> FhirCutShort:
+    def _cut_short_in_time(self, method: str, label: str, limit: str, *, sent: bool = True) -> FhirCutShort:
         what = "the answer was still arriving when" if sent else "not sent:"
-        budget = (
-            "the budget for reading the record" if self._deadline is not None else "the request's time limit"
-        )
-        message = f"{method} {label}: {what} the {seconds:.0f} s {budget} ran out"
+        message = f"{method} {label}: {what} the {limit} ran out"
         logger.warning("FHIR %s", message)
         return FhirCutShort(message, limit="time")
 
