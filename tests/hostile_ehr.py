@@ -22,8 +22,8 @@ target with :meth:`HostileEhr.set`; each one changes what one kind of request ge
 
 Targets: a FHIR resource type (reads and searches of it), ``transaction``, ``create`` (any type) or
 ``create:<type>``,
-``fhir`` (any FHIR request), ``discovery`` (``.well-known/smart-configuration``), ``token``, ``style``
-(``/smart-style.json``).
+``fhir`` (any FHIR request), ``discovery`` (``.well-known/smart-configuration``), ``metadata`` (the
+CapabilityStatement), ``token``, ``style`` (``/smart-style.json``).
 :class:`DripServer` is a raw socket server that drips even its status line and headers, which WSGI
 cannot. :class:`Recorder` is "another host" that records what reaches it.
 """
@@ -269,6 +269,8 @@ _TYPE_PATH = re.compile(r"^/fhir/([A-Z][A-Za-z]+)(/[^/]+)?/?$")
 def _targets(method: str, path: str) -> list[str]:
     if path == "/fhir/.well-known/smart-configuration":
         return ["discovery"]
+    if path == "/fhir/metadata":
+        return ["metadata"]
     if path == "/auth/token":
         return ["token"]
     if path == "/smart-style.json":
@@ -408,12 +410,14 @@ class HostileStack:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
     def reset(self) -> None:
-        """No faults, default budgets, nothing recorded, no cached style: the next test starts clean."""
+        """No faults, default budgets, nothing recorded, no cached style or discovery: the next test
+        starts clean."""
         self.audit_mark = len(self._audit_lines())
         self.hostile.clear()
         self.other.requests.clear()
         self.app.config.update(self.app_defaults)
         self.app.extensions.pop("smart_app.style_cache", None)
+        self.app.extensions.get("smart_app.smart", {}).pop("discovery", None)  # discovery asked afresh
 
     app_defaults: dict[str, Any] = field(default_factory=dict)
     audit_mark: int = 0
