@@ -195,15 +195,17 @@ class _Decoder:
         self._z = zlib.decompressobj(self._wbits) if self._wbits is not None else None
         self._started = False
 
-    def decode(self, data: bytes, room: int) -> bytes:
-        """At most ``room`` (>= 1) decoded bytes of ``data``; more pending input means the caller is
-        over its cap anyway."""
+    def decode(self, data: bytes, room: int) -> Iterator[bytes]:
+        """Decoded pieces of ``data`` of at most :data:`CHUNK_BYTES` each, stopping once ``room`` (>= 1)
+        bytes were produced: more pending input then means the caller is over its cap anyway. Small
+        pieces keep a bomb from being unpacked in one call."""
         if self._z is None:
-            return data[:room]
-        out = bytearray()
-        while data and len(out) < room:
+            yield data[:room]
+            return
+        produced = 0
+        while data and produced < room:
             try:
-                out += self._z.decompress(data, room - len(out))
+                piece = self._z.decompress(data, min(CHUNK_BYTES, room - produced))
             except zlib.error:
                 if self.coding != "deflate" or self._started:
                     raise
@@ -211,12 +213,15 @@ class _Decoder:
                 self._z = zlib.decompressobj(self._wbits)
                 continue
             self._started = True
+            produced += len(piece)
+            yield piece
             if self._z.unconsumed_tail:
-                break  # output limit reached: the caller stops
-            data = self._z.unused_data if self._z.eof else b""
-            if data:  # another gzip member follows (RFC 1952 section 2.2)
+                data = self._z.unconsumed_tail
+            elif self._z.eof and self._z.unused_data:  # another gzip member follows (RFC 1952 section 2.2)
+                data = self._z.unused_data
                 self._z = zlib.decompressobj(self._z_wbits())
-        return bytes(out)
+            else:
+                data = b""
 
     def _z_wbits(self) -> int:
         assert self._wbits is not None
@@ -246,7 +251,8 @@ def read_body(response: requests.Response, max_bytes: int) -> bytearray:
     complete = False
     try:
         for chunk in response.raw.stream(CHUNK_BYTES, decode_content=False):
-            body += decoder.decode(chunk, max_bytes - len(body) + 1)
+            for piece in decoder.decode(chunk, max_bytes - len(body) + 1):
+                body += piece
             if len(body) > max_bytes:
                 raise CutShort(
                     "size",

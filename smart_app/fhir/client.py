@@ -467,6 +467,7 @@ class FhirClient:
         retry = method == "GET"
         attempt = 0
         while True:
+            status: int | None = None
             try:
                 answer = self._attempt(method, url, label, params=params, body=body, headers=headers)
             except _Unanswered as exc:
@@ -487,16 +488,15 @@ class FhirClient:
                         self.max_retry_after,
                     )
                     return answer
-                what = f"-> {answer.status}"
+                status, what = answer.status, f"HTTP {answer.status}"
                 wait = retry_after if retry_after is not None else self._backoff_delay(attempt)
             deadline = self._deadline
             if deadline is not None and wait >= deadline.remaining():
                 message = (
-                    f"{method} {label}: {what.removeprefix('-> ')} and a retry in {wait:.0f} s would pass "
-                    f"the {deadline.seconds:.0f} s budget for reading the record"
+                    f"{method} {label}: {what}, and a retry in {wait:.0f} s would pass the "
+                    f"{deadline.seconds:.0f} s budget for reading the record"
                 )
                 logger.warning("FHIR %s; stopped", message)
-                status = int(what[3:]) if what.startswith("-> ") else None
                 raise FhirCutShort(message, limit="time", status=status)
             logger.warning("FHIR %s %s %s; retry %d in %.2f s", method, label, what, attempt + 1, wait)
             self._sleep(wait)

@@ -26,14 +26,10 @@ from markupsafe import Markup
 #: ALM, LRM, RLM, LRE, RLE, PDF, LRO, RLO, LRI, RLI, FSI, PDI (UAX #9 "Explicit Directional Formatting
 #: Characters" and the implicit marks).
 BIDI_CONTROLS = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
-_CONTROLS = re.compile(
-    "[" + BIDI_CONTROLS + "\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufeff\ufff9-\ufffb]"
-)
+_CONTROLS = re.compile("[" + BIDI_CONTROLS + "\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufeff\ufff9-\ufffb]")
 _SEPARATORS = re.compile("[\u2028\u2029]")
 #: Characters the raw-JSON view shows as ``\\uXXXX`` escapes (valid in JSON strings, visible on screen).
-_INVISIBLE_IN_JSON = re.compile(
-    "[" + BIDI_CONTROLS + "\x7f-\x9f\u2028\u2029\ufeff\ufff9-\ufffb\u200b]"
-)
+_INVISIBLE_IN_JSON = re.compile("[" + BIDI_CONTROLS + "\x7f-\x9f\u2028\u2029\ufeff\ufff9-\ufffb\u200b]")
 #: Default length of a string on the page, in characters.
 DEFAULT_LIMIT = 200
 #: Longest ``title`` carrying the whole of a cut string.
@@ -52,9 +48,7 @@ def ehr_text(value: Any, limit: int = DEFAULT_LIMIT) -> Markup:
     if len(text) <= limit:
         return Markup('<bdi dir="auto">{}</bdi>').format(text)
     whole = text if len(text) <= MAX_TITLE else text[:MAX_TITLE] + "…"
-    return Markup('<bdi dir="auto" class="ehr-cut" title="{}">{}…</bdi>').format(
-        whole, text[:limit].rstrip()
-    )
+    return Markup('<bdi dir="auto" class="ehr-cut" title="{}">{}…</bdi>').format(whole, text[:limit].rstrip())
 
 
 def ehr_json(value: Any) -> str:
