@@ -85,6 +85,12 @@ class Cutoff:
     def remaining(self) -> float:
         return max(0.0, self.instant - time.monotonic())
 
+    @property
+    def passed(self) -> bool:
+        """Whether the instant has come: the sockets were shut, or a timeout set to what was left fired
+        a moment before the timer did."""
+        return self.fired or self.remaining() <= 0.1
+
     def attach(self, sock: socket.socket | None) -> None:
         if sock is None:
             return

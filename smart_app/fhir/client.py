@@ -535,7 +535,7 @@ class FhirClient:
                 )
             except requests.exceptions.ConnectionError as exc:
                 # ConnectTimeout is both a ConnectionError and a Timeout: nothing was answered.
-                if cutoff.fired:
+                if cutoff.passed:
                     raise self._cut_short_in_time(method, label, limit_name) from None
                 timed_out = isinstance(exc, requests.exceptions.Timeout)
                 kind = "connect timeout" if timed_out else "connection failed"
@@ -544,7 +544,7 @@ class FhirClient:
                 raise _Unanswered(kind, error) from None
             except requests.exceptions.Timeout:
                 # A read timeout: the server may still be working; retrying would multiply the wait.
-                if cutoff.fired:
+                if cutoff.passed:
                     raise self._cut_short_in_time(method, label, limit_name) from None
                 logger.warning("FHIR %s %s read timeout after %.0f ms", method, label, _ms(started))
                 raise FhirTimeout(f"{method} {label}: no answer within the read timeout") from None
@@ -595,7 +595,7 @@ class FhirClient:
                 f"{method} {label}: {exc.reason}", limit=exc.limit, status=response.status_code
             ) from None
         except (urllib3.exceptions.HTTPError, requests.exceptions.RequestException, OSError) as exc:
-            if cutoff.fired:
+            if cutoff.passed:
                 raise self._cut_short_in_time(method, label, limit_name) from None
             if not ok:
                 return b""

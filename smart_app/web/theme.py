@@ -216,7 +216,7 @@ class StyleCache:
             ValueError,
             zlib.error,
         ) as exc:
-            if cutoff.fired:
+            if cutoff.passed:
                 log.warning(
                     "smart_style_url not read within %.0f s; the page keeps its own look", self.seconds
                 )
