@@ -41,7 +41,7 @@ def start_demo(app_port: int = 8000, sandbox_port: int = 8001, *, ready_timeout:
     app_url = f"http://localhost:{app_port}"
     sandbox_url = f"http://127.0.0.1:{sandbox_port}"
     sandbox = ServerThread(
-        create_sandbox({"PUBLIC_URL": sandbox_url, "APP_LAUNCH_URL": f"{app_url}/launch"}),
+        create_sandbox({"PUBLIC_URL": sandbox_url, "APP_LAUNCH_URL": f"{app_url}/launch/sandbox"}),
         "127.0.0.1",
         sandbox_port,
     )

@@ -229,7 +229,7 @@ def configure(
 
 def init_app(app: Flask) -> None:
     """Open the app's audit log from its config (``AUDIT_LOG_PATH``, ``AUDIT_LOG_MAX_BYTES``,
-    ``AUDIT_LOG_BACKUPS``) and keep it in ``app.extensions``."""
+    ``AUDIT_LOG_BACKUPS``) and keep it in ``app.extensions`` (the web layer resolves it per request)."""
     path = app.config.get("AUDIT_LOG_PATH")
     if path is None:
         path = os.path.join(app.instance_path, "audit.jsonl")
@@ -243,17 +243,20 @@ def init_app(app: Flask) -> None:
     )
 
 
+#: How the running web app names its own log (set by ``smart_app.web``); returns ``False`` outside an app.
+_app_log: Callable[[], AuditLog | None | bool] = lambda: False  # noqa: E731
+
+
+def use_app_log(resolver: Callable[[], AuditLog | None | bool]) -> None:
+    """Let the web layer say which log the current request writes to (``None``: logging off; ``False``:
+    no app is handling a request, so the command line's log is used)."""
+    global _app_log
+    _app_log = resolver
+
+
 def _current() -> AuditLog | None:
-    try:
-        from flask import current_app, has_app_context
-    except ImportError:  # pragma: no cover - Flask is a dependency
-        return _default
-    if has_app_context():
-        ext = current_app.extensions
-        if EXTENSION_KEY in ext:
-            log = ext[EXTENSION_KEY]
-            return log if isinstance(log, AuditLog) else None
-    return _default
+    log = _app_log()
+    return _default if log is False else log  # type: ignore[return-value]
 
 
 def audit_event(kind: str, **fields: Any) -> dict[str, Any] | None:

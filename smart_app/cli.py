@@ -1,8 +1,9 @@
 """Command line for integrators and auditors (README "Command line"). Imports no web framework: an
 assessment starts in the time it takes to load the clinical core.
 
-Exit status: 0 success; 1 audit findings / not reproduced / a draft the app's own profiles refuse;
-2 unusable input; 3 the server refused a write.
+Exit status: 0 success; 1 audit findings / not reproduced / a draft the app's own profiles refuse /
+``check``: the EHR works with less; 2 unusable input; 3 the server refused a write; 4 ``check``: the EHR
+is not ready (a launch, the read or the write-back cannot work).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-EXIT_OK, EXIT_FINDINGS, EXIT_UNUSABLE, EXIT_REFUSED = 0, 1, 2, 3
+EXIT_OK, EXIT_FINDINGS, EXIT_UNUSABLE, EXIT_REFUSED = 0, 1, 2, 3  # ``check`` adds 4: not ready
 #: Environment variable holding the bearer token for commands that read or write a FHIR server.
 TOKEN_ENV = "SMART_APP_FHIR_TOKEN"
 _AUTHOR = re.compile(r"^(Practitioner|PractitionerRole)/[A-Za-z0-9\-.]{1,64}$")
@@ -182,6 +183,53 @@ def cmd_write(args: argparse.Namespace) -> int:
     return EXIT_OK if outcome.ok else EXIT_REFUSED
 
 
+def registrations_for_check(args: argparse.Namespace) -> list[Any]:
+    """The registrations ``check`` holds the EHR to: ``--registration`` files or ids, else every registration
+    for the iss in ``--registrations-dir`` (default ``$SMART_APP_REGISTRATIONS_DIR``)."""
+    from smart_app.smart.errors import RegistrationError
+    from smart_app.smart.registrations import load_registration_file, load_registrations, normalise_iss
+
+    env_dir = os.environ.get("SMART_APP_REGISTRATIONS_DIR")
+    dirs = args.registrations_dir or ([env_dir] if env_dir else [])
+    try:
+        registry = load_registrations(dirs)
+        chosen = []
+        for item in args.registration:
+            if Path(item).is_file():
+                chosen.append(load_registration_file(Path(item)))
+                continue
+            found = registry.by_id(item)
+            if found is None:
+                raise UsageProblem(
+                    f"--registration {item}: no such file, nor a registration id in {dirs or 'none'}"
+                )
+            chosen.append(found)
+    except RegistrationError as exc:
+        raise UsageProblem(exc.description) from exc
+    if not args.registration:
+        chosen = registry.for_iss(args.iss)
+    for reg in chosen:
+        if normalise_iss(reg.iss) != normalise_iss(args.iss):
+            raise UsageProblem(f"registration {reg.id} is for {reg.iss}, not {args.iss}")
+    return chosen
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from urllib.parse import urlsplit
+
+    from smart_app.check import check_ehr
+
+    parts = urlsplit(args.iss)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise UsageProblem(f"ISS must be the EHR's FHIR base, an absolute http(s) URL: {args.iss!r}")
+    report = check_ehr(args.iss, registrations_for_check(args))
+    if args.json:
+        print_json(report.to_json())
+    else:
+        print(report.to_text())
+    return report.exit_code
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from smart_app.serve import serve
 
@@ -242,6 +290,26 @@ def build_parser() -> argparse.ArgumentParser:
                 "conditional transactions)",
             )
         sub.set_defaults(func=func)
+
+    check = commands.add_parser("check", help="readiness report for an EHR before go-live (SMART and FHIR)")
+    check.add_argument("iss", help="the EHR's FHIR base URL (the iss it launches with)")
+    check.add_argument(
+        "--registration",
+        action="append",
+        default=[],
+        metavar="FILE_OR_ID",
+        help="a registration file, or the id of one in the registrations directories (repeatable; "
+        "default: every registration for ISS)",
+    )
+    check.add_argument(
+        "--registrations-dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a directory of registrations (repeatable; default: $SMART_APP_REGISTRATIONS_DIR)",
+    )
+    check.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    check.set_defaults(func=cmd_check)
 
     serve = commands.add_parser("serve", help="run the app with a production WSGI server (gunicorn)")
     serve.add_argument("--host", default=os.environ.get("SMART_APP_HOST", "127.0.0.1"))

@@ -8,6 +8,7 @@ variables prefixed ``SMART_APP_`` (``SMART_APP_SECRET_KEY=...``; JSON values are
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 DEV_SECRET_KEY = "dev-only-not-secret"
 
@@ -23,13 +24,15 @@ DEFAULTS: dict[str, Any] = {
     # Server-side sessions: on local disk (under the instance folder) unless a Redis URL is given.
     "SESSION_REDIS_URL": None,
     "SESSION_LIFETIME_SECONDS": 8 * 3600,
-    # Cookies for the EHR iframe: SameSite=None + Secure. "Lax" is only for plain-http development
-    # outside an iframe.
+    # Cookies for the EHR iframe: SameSite=None + Secure. Plain-http development outside an iframe on a
+    # host other than localhost needs "Lax" and SESSION_COOKIE_SECURE false (browsers drop Secure
+    # cookies over http except on localhost); ``check_config`` refuses the combination that cannot work.
     "SESSION_COOKIE_SAMESITE": "None",
     "SESSION_COOKIE_SECURE": True,
     # SMART discovery cache lifetime per issuer.
     "DISCOVERY_TTL_SECONDS": 3600,
-    # Refresh the access token this many seconds before it expires.
+    # Refresh the access token this many seconds before it expires, or halfway through its lifetime when
+    # that is shorter than twice this (a 20 s token is refreshed after 10 s, once).
     "TOKEN_REFRESH_LEEWAY_SECONDS": 60,
     # FHIR client: (connect, read) timeouts in seconds, retries for idempotent GETs.
     "FHIR_TIMEOUT": [3.05, 30.0],
@@ -56,7 +59,14 @@ DEFAULTS: dict[str, Any] = {
     "SEND_FILE_MAX_AGE_DEFAULT": 3600,
     # Outbound timeouts for SMART discovery and the token endpoint.
     "HTTP_TIMEOUT": [3.05, 15.0],
+    # SMART discovery naming an authorization or token endpoint (or jwks_uri) on another origin than the
+    # iss, not trusted by the registration (auth_origins or pinned endpoints): "warn" (log and launch)
+    # or "refuse" (no request is sent there).
+    "FOREIGN_AUTH_ENDPOINTS": "warn",
 }
+
+#: Hosts a browser treats as a secure context over plain http (Secure cookies are kept there).
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1", "[::1]")
 
 
 class ConfigError(RuntimeError):
@@ -64,9 +74,22 @@ class ConfigError(RuntimeError):
 
 
 def check_config(config: dict[str, Any], *, debug: bool, testing: bool) -> None:
-    """Refuse settings that would be unsafe in production."""
+    """Refuse settings that would be unsafe in production or that cannot work."""
     if config.get("SECRET_KEY") == DEV_SECRET_KEY and not (debug or testing):
         raise ConfigError(
             "SMART_APP_SECRET_KEY is the development value; set a long random secret "
             "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(48))')."
+        )
+    if str(config.get("FOREIGN_AUTH_ENDPOINTS", "warn")).lower() not in ("warn", "refuse"):
+        raise ConfigError("SMART_APP_FOREIGN_AUTH_ENDPOINTS must be warn or refuse.")
+    public = urlsplit(str(config.get("PUBLIC_URL", "")))
+    host = (public.hostname or "").lower()
+    local = host in LOCAL_HOSTS or host.endswith(".localhost") or host.startswith("127.")
+    samesite = str(config.get("SESSION_COOKIE_SAMESITE", "None")).capitalize()
+    secure = bool(config.get("SESSION_COOKIE_SECURE", True)) or samesite == "None"
+    if public.scheme == "http" and not local and secure and not testing:
+        raise ConfigError(
+            f"SMART_APP_PUBLIC_URL is plain http on {host}, where browsers drop the app's Secure session "
+            "cookie, so no launch could complete. Serve the app over https, or for development without an "
+            "EHR iframe set SMART_APP_SESSION_COOKIE_SAMESITE=Lax and SMART_APP_SESSION_COOKIE_SECURE=false."
         )

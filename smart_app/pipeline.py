@@ -2,6 +2,8 @@
 (docs/architecture.md#data-flow).
 
 A view, the CLI and the CDS service call these functions; none of them assembles the steps itself.
+The drafting models and the HTTP client are imported where they are used, so that assessing a file
+(``smart-app assess --bundle``) loads only the clinical core.
 """
 
 from __future__ import annotations
@@ -9,15 +11,16 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from smart_app.clinical import PatientRecord, assess, assess_bundle, load_bundle
-from smart_app.drafts.build import AssessmentAs, build_transaction
-from smart_app.drafts.written import types_in
-from smart_app.fhir.budget import ReadBudget
-from smart_app.fhir.client import FhirClient
-from smart_app.fhir.record import DEFAULT_PAGE_SIZE, FetchResult, fetch_patient_record
-from smart_app.smart.scopes import ScopeSet
+
+if TYPE_CHECKING:
+    from smart_app.drafts.build import AssessmentAs
+    from smart_app.fhir.budget import ReadBudget
+    from smart_app.fhir.client import FhirClient
+    from smart_app.fhir.record import FetchResult
+    from smart_app.smart.scopes import ScopeSet
 
 
 def now() -> datetime:
@@ -59,16 +62,23 @@ def unavailable_types(fetched: FetchResult) -> dict[str, str]:
 
 def missing_write_scopes(scopes: ScopeSet, drafts: dict[str, Any]) -> list[str]:
     """Resource types the drafts create that the granted scopes do not allow creating."""
+    from smart_app.drafts.written import types_in
+
     return [t for t in types_in(drafts) if not scopes.can_write(t)]
 
 
-def record_of(fetched: FetchResult, extra_resources: Sequence[dict[str, Any]] = ()) -> PatientRecord:
-    """The patient's record as read (the Patient must have been read), plus ``extra_resources``."""
+def record_of(
+    fetched: FetchResult, extra_resources: Sequence[dict[str, Any]] = (), *, fhir_base: str | None = None
+) -> PatientRecord:
+    """The patient's record as read (the Patient must have been read), plus ``extra_resources``.
+    ``fhir_base`` is the server it was read from: an absolute subject reference must name that base
+    (docs/clinical-criteria.md#subjects)."""
     assert fetched.patient is not None
     return PatientRecord(
         patient=fetched.patient,
         resources=[*fetched.resources, *extra_resources],
         unavailable=unavailable_types(fetched),
+        fhir_base=fhir_base,
     )
 
 
@@ -84,7 +94,7 @@ def review_patient(
     readable: Callable[[str], bool] | None = None,
     extra_resources: Sequence[dict[str, Any]] = (),
     criteria_version: str | None = None,
-    page_size: int = DEFAULT_PAGE_SIZE,
+    page_size: int | None = None,
     budget: ReadBudget | None = None,
 ) -> Review:
     """Read the patient's record over FHIR within ``budget`` (default: :class:`ReadBudget`'s), assess it
@@ -92,17 +102,22 @@ def review_patient(
 
     ``extra_resources`` are added to what was read: an exam recorded in this session but not saved.
     """
+    from smart_app.drafts.build import build_transaction
+    from smart_app.fhir.budget import ReadBudget
+    from smart_app.fhir.record import DEFAULT_PAGE_SIZE, fetch_patient_record
+
     as_of = as_of or now()
     fetched = fetch_patient_record(
         client,
         patient_id,
         readable or scopes.can_read,
-        page_size=page_size,
+        page_size=page_size or DEFAULT_PAGE_SIZE,
         budget=budget or ReadBudget(),
     )
     if fetched.patient is None:
         return Review(patient_id=patient_id, fetch=fetched, assessment=None, drafts=None, as_of=as_of)
-    assessment = assess(record_of(fetched, extra_resources), as_of, criteria_version).to_json()
+    record = record_of(fetched, extra_resources, fhir_base=client.base_url)
+    assessment = assess(record, as_of, criteria_version).to_json()
     drafts = build_transaction(
         assessment, author=author, encounter=encounter, recorded=as_of, assessment_as=assessment_as
     )
@@ -131,10 +146,13 @@ def assess_server(
 ) -> tuple[dict[str, Any] | None, FetchResult]:
     """The Assessment JSON of a patient read from a FHIR server with every type readable, within
     ``budget`` (default: :class:`ReadBudget`'s); ``None`` when the Patient itself could not be read."""
+    from smart_app.fhir.budget import ReadBudget
+    from smart_app.fhir.record import fetch_patient_record
+
     fetched = fetch_patient_record(client, patient_id, lambda _type: True, budget=budget or ReadBudget())
     if fetched.patient is None:
         return None, fetched
-    return assess(record_of(fetched), as_of, criteria_version).to_json(), fetched
+    return assess(record_of(fetched, fhir_base=client.base_url), as_of, criteria_version).to_json(), fetched
 
 
 def draft_file(
@@ -150,6 +168,8 @@ def draft_file(
     """The transaction Bundle the write-back would send for the patient in a Bundle file. Raises
     ``UnusableInput`` or ``DraftingError``."""
     assessment = assess(load_bundle(data), as_of, criteria_version).to_json()
+    from smart_app.drafts.build import build_transaction
+
     return build_transaction(
         assessment, author=author, encounter=encounter, recorded=recorded, assessment_as=assessment_as
     )

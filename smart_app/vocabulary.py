@@ -30,6 +30,8 @@ CLASSIFICATION_EXTENSION = f"{CANONICAL}/StructureDefinition/back-mice-classific
 NEXT_STEP_EXTENSION = f"{CANONICAL}/StructureDefinition/back-mice-next-step"
 #: Complex extension on the assessment: one per resource type the app could not read.
 UNAVAILABLE_EXTENSION = f"{CANONICAL}/StructureDefinition/back-mice-unavailable-data"
+#: Extension on the Provenance of each write: the version of the app that concluded (valueString).
+SOFTWARE_VERSION_EXTENSION = f"{CANONICAL}/StructureDefinition/back-mice-software-version"
 
 DRAFT_IDENTIFIER_SYSTEM = f"{CANONICAL}/identifier/draft"
 DEVICE_IDENTIFIER_SYSTEM = f"{CANONICAL}/identifier/device"

@@ -89,13 +89,15 @@ class Sandbox:
 
 
 @contextmanager
-def http_sandbox(tmp_path: Path) -> Iterator[Sandbox]:
-    """The sandbox EHR as a real HTTP server on a free loopback port, with the records' stored dates."""
+def http_sandbox(tmp_path: Path, **config: Any) -> Iterator[Sandbox]:
+    """The sandbox EHR as a real HTTP server on a free loopback port, with the records' stored dates and
+    any other sandbox ``config``."""
     app = create_sandbox(
         {
             "TESTING": True,
             "SIGNING_KEY_PATH": str(tmp_path / "sandbox-key.pem"),
             "DATES": "stored",  # the records as written, evaluated at AS_OF
+            **config,
         }
     )
     server = make_server("127.0.0.1", 0, app, threaded=True)

@@ -10,6 +10,7 @@ import orjson
 from smart_app.clinical import assess, load_bundle
 
 AS_OF = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
+FIRST_RELEASE = "1.0.0"
 SCT = "http://snomed.info/sct"
 ICD = "http://hl7.org/fhir/sid/icd-10-cm"
 LOINC = "http://loinc.org"
@@ -156,9 +157,15 @@ def bundle_bytes(
 
 
 def run(
-    *resources: dict[str, Any], pat: dict[str, Any] | None = None, as_of: datetime = AS_OF
+    *resources: dict[str, Any],
+    pat: dict[str, Any] | None = None,
+    as_of: datetime = AS_OF,
+    criteria: str = FIRST_RELEASE,
 ) -> dict[str, Any]:
-    out: dict[str, Any] = assess(load_bundle(bundle_bytes(*resources, pat=pat)), as_of).to_json()
+    """The assessment JSON under criteria ``criteria`` (default 1.0.0, the release the unit tests of the
+    engine were written against; 1.1.0 differences are tested by name)."""
+    record = load_bundle(bundle_bytes(*resources, pat=pat))
+    out: dict[str, Any] = assess(record, as_of, criteria).to_json()
     return out
 
 

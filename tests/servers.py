@@ -261,3 +261,10 @@ def start_stack(
 
 def iter_client_types() -> Iterator[str]:
     yield from CLIENT_IDS
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now (for servers started as separate processes)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -9,7 +9,8 @@ import pytest
 from flask import Flask
 
 from smart_app import auditlog
-from smart_app.auditlog import DROPPED, audit_event, configure, init_app, sanitise
+from smart_app.auditlog import DROPPED, audit_event, configure, sanitise
+from smart_app.web import init_audit_log as init_app
 
 SECRET = "eyJhbGciOiJSUzI1NiJ9.c2VjcmV0.c2ln"
 

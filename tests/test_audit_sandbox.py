@@ -115,7 +115,7 @@ def test_list_finds_exactly_the_writes(written: Sandbox) -> None:
         assert write["author"] == AUTHOR
         assert write["criteria"] == {
             "url": "https://smart-app.example/fhir/criteria/back-mice",
-            "version": "1.0.0",
+            "version": "1.1.0",  # new writes use the newest release
         }
         assert write["written_at"].startswith("2026-11-24T10:00:00")
     one = written.written[WRITE_SET[0]]
@@ -138,7 +138,7 @@ def test_verify_reproduces_every_untampered_write(sandbox: Sandbox) -> None:
         report = verify_assessment(_source(written), info["assessment"])
         assert report.reproduced, (info["patient"], report.to_json())
         assert report.provenance == info["provenance"]
-        assert report.criteria["version"] == "1.0.0"
+        assert report.criteria["version"] == "1.1.0"
         assert report.written["classification"] == info["assessment_json"]["classification"]
         assert report.written["next_step"] == info["assessment_json"]["next_step"]
         assert not any("narrative" in n for n in report.notes), report.notes  # read from the codings
@@ -346,7 +346,9 @@ def test_resource_written_by_something_else_with_our_tag(written: Sandbox) -> No
     assert not report.reproduced and report.differences[0].field == "provenance"
 
 
-def test_hypothetical_criteria_1_1_0_does_not_disturb_1_0_0(written: Sandbox, tmp_path: Path) -> None:
+def test_a_newer_hypothetical_release_does_not_disturb_earlier_writes(
+    written: Sandbox, tmp_path: Path
+) -> None:
     def newer(data: dict[str, Any]) -> None:
         data["thresholds"]["relief_percent"] = 50
         data["thresholds"]["pain_high"] = 5
@@ -358,12 +360,12 @@ def test_hypothetical_criteria_1_1_0_does_not_disturb_1_0_0(written: Sandbox, tm
     for info in written.written.values():
         report = verify_assessment(_source(written), info["assessment"], criteria_dirs=[extra])
         assert report.reproduced, report.to_json()
-        assert report.criteria["version"] == "1.0.0"
+        assert report.criteria["version"] == "1.1.0"
 
     from smart_app.audit.verify import registry_with
 
     registry = registry_with([extra])
-    assert {"1.0.0", "9.1.0"} <= set(registry.versions())
+    assert {"1.0.0", "1.1.0", "9.1.0"} <= set(registry.versions())
 
 
 def _export(box: Sandbox, info: dict[str, Any]) -> dict[str, Any]:

@@ -45,10 +45,6 @@ def app(tmp_path: Path, sandbox: Sandbox) -> Any:
             "AUDIT_LOG_PATH": str(tmp_path / "audit.jsonl"),
         }
     )
-    from smart_app import auditlog
-
-    if auditlog.EXTENSION_KEY not in app.extensions:  # until create_app calls auditlog.init_app
-        auditlog.init_app(app)
     return app
 
 
@@ -98,7 +94,7 @@ def test_page_explains_each_write(app: Any, sandbox: Sandbox, tmp_path: Path) ->
         "Does not reproduce",
         "Possible back mice",
         "Probable back mice",
-        "https://smart-app.example/fhir/criteria/back-mice version 1.0.0",
+        "https://smart-app.example/fhir/criteria/back-mice version 1.1.0",  # the newest release
         AUTHOR,
         ok["assessment"],
         "procedure suggestion",

@@ -1,16 +1,22 @@
-"""Clinical case suite: every tests/cases/*.json file against `load_bundle` + `assess` (CLINICAL.md).
+"""Clinical case suite: every tests/cases/*.json file against `load_bundle` + `assess`
+(docs/clinical-criteria.md).
 
-Each case holds a Patient, FHIR R4 resources, an evaluation time and the expected classification, next
-step, exact red-flag set (id and level), procedure-suggestion kind, and optionally a subset of finding
-statuses and of ignored references. An optional ``unavailable`` maps resource types that could not be
-read to the reason (``{"Condition": "scope not granted"}``); it is passed into ``PatientRecord``. The
-expectations are written from CLINICAL.md and clinical-evidence.md §3/§5, not from the implementation.
+Each case holds a Patient, FHIR R4 resources, an evaluation time, the criteria version it belongs to
+(``criteria_version``: a case is evaluated under that release, so every 1.0.0 case keeps passing under
+1.0.0 when a newer release is the default) and the expected classification, next step, exact red-flag set
+(id and level), procedure-suggestion kind, and optionally a subset of finding statuses, of ignored
+references and of ignored element paths (``ignored_paths``: ``[reference, path]`` pairs of malformed
+elements reported but not costing their resource), and the opening words of the summary
+(``summary_opening``). An optional ``unavailable`` maps resource types that could not be read to the
+reason (``{"Condition": "scope not granted"}``); it is passed into ``PatientRecord``. The expectations
+are written from the clinical contract, not from the implementation.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -18,7 +24,7 @@ from typing import Any
 import orjson
 import pytest
 
-from smart_app.clinical import assess, load_bundle
+from smart_app.clinical import assess, default_registry, load_bundle
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES_DIR = Path(__file__).resolve().parent / "cases"
@@ -83,11 +89,15 @@ def load_case(path: Path) -> dict[str, Any]:
 
 
 def case_bundle(case: dict[str, Any]) -> dict[str, Any]:
-    """A collection Bundle holding the case's Patient and resources, in file order."""
+    """A collection Bundle holding the case's Patient (under ``patient_full_url`` when the case gives
+    one) and resources, in file order."""
+    patient: dict[str, Any] = {"resource": case["patient"]}
+    if "patient_full_url" in case:
+        patient["fullUrl"] = case["patient_full_url"]
     return {
         "resourceType": "Bundle",
         "type": "collection",
-        "entry": [{"resource": case["patient"]}, *({"resource": r} for r in case["resources"])],
+        "entry": [patient, *({"resource": r} for r in case["resources"])],
     }
 
 
@@ -101,7 +111,7 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     record = load_bundle(orjson.dumps(case_bundle(case)))
     if "unavailable" in case:
         record = dataclasses.replace(record, unavailable=dict(case["unavailable"]))
-    result: dict[str, Any] = assess(record, parse_instant(case["as_of"])).to_json()
+    result: dict[str, Any] = assess(record, parse_instant(case["as_of"]), case["criteria_version"]).to_json()
     return result
 
 
@@ -123,6 +133,16 @@ def observed(expected: dict[str, Any], actual: dict[str, Any]) -> dict[str, Any]
     if "ignored_references" in expected:
         ignored = {i.get("reference") for i in actual.get("ignored", [])}
         out["ignored_references"] = [r for r in expected["ignored_references"] if r in ignored]
+    if "ignored_paths" in expected:
+        paths = {(i.get("reference"), i.get("path")) for i in actual.get("ignored", [])}
+        out["ignored_paths"] = [p for p in expected["ignored_paths"] if tuple(p) in paths]
+    if "summary_opening" in expected:
+        summary = str(actual.get("summary"))
+        out["summary_opening"] = (
+            expected["summary_opening"] if summary.startswith(expected["summary_opening"]) else summary[:160]
+        )
+    if "preliminary_evidence" in expected:
+        out["preliminary_evidence"] = actual.get("preliminary_evidence")
     return out
 
 
@@ -158,12 +178,29 @@ def test_every_classification_and_next_step_has_a_case() -> None:
     assert {f["id"] for c in cases for f in c["red_flags"]} == set(RED_FLAG_LEVELS)
 
 
+def test_every_release_has_cases_and_every_opening_of_the_newest_is_pinned() -> None:
+    """Each shipped criteria version is evaluated by cases of its own; the newest release's opening
+    sentence is pinned for every classification by at least one case."""
+    cases = [load_case(p) for p in CASE_FILES]
+    assert {c["criteria_version"] for c in cases} == set(default_registry().versions())
+    newest = default_registry().newest().version
+    pinned = {
+        c["expected"]["classification"]
+        for c in cases
+        if c["criteria_version"] == newest and "summary_opening" in c["expected"]
+    }
+    assert pinned == CLASSIFICATIONS
+
+
 @pytest.mark.parametrize("path", CASE_FILES, ids=[p.stem for p in CASE_FILES])
 def test_case_file_well_formed(path: Path) -> None:
     case = load_case(path)
     assert path.stem[:3].isdigit() and path.stem[3] == "-"
-    assert {"description", "rule", "as_of", "patient", "resources", "expected"} <= set(case)
+    assert {"description", "rule", "as_of", "criteria_version", "patient", "resources", "expected"} <= set(
+        case
+    )
     parse_instant(case["as_of"])
+    assert case["criteria_version"] in default_registry()
     unavailable = case.get("unavailable", {})
     assert isinstance(unavailable, dict)
     assert all(t in SUBJECT_TYPES and isinstance(r, str) and r for t, r in unavailable.items())
@@ -180,9 +217,10 @@ def test_case_file_well_formed(path: Path) -> None:
     refs = [f"{r['resourceType']}/{r['id']}" for r in case["resources"]]
     assert len(refs) == len(set(refs))
     assert set(exp.get("ignored_references", [])) <= set(refs)
+    assert {r for r, _ in exp.get("ignored_paths", [])} <= {*refs, f"Patient/{patient['id']}"}
     for resource in case["resources"]:
         assert resource["resourceType"] in SUBJECT_TYPES
-        assert resource["subject"]["reference"].startswith("Patient/")
+        assert isinstance(resource["subject"]["reference"], str)
         if resource["resourceType"] == "Observation":
             assert resource["status"] and resource["code"]
         _check_systems(resource)
@@ -255,6 +293,17 @@ def test_sandbox_patients_cover_every_classification() -> None:
     )
 
 
+def names_patient(reference: str, pid: str, full_url: str | None = None) -> bool:
+    """``Patient/<id>``, versioned or not, relative or absolute (docs/clinical-criteria.md#subjects; the
+    cases are files, so any base), or the fullUrl of the Patient's entry."""
+    if full_url is not None and reference == full_url:
+        return True
+    return (
+        re.fullmatch(rf"(https?://\S+/)?Patient/{re.escape(pid)}(/_history/[A-Za-z0-9.-]+)?", reference)
+        is not None
+    )
+
+
 def test_evidence_is_traceable_to_versioned_sources() -> None:
     """Every evidence reference is an input resource of the launched patient and is listed in `sources`
     with that resource's meta.versionId (CONTRACT.md `sources`)."""
@@ -271,7 +320,8 @@ def test_evidence_is_traceable_to_versioned_sources() -> None:
             resource = by_ref.get(ref)
             assert resource is not None, f"{path.name}: evidence {ref} is not an input resource"
             if resource is not case["patient"]:
-                assert resource["subject"]["reference"] == f"Patient/{pid}", f"{path.name}: {ref}"
+                subject = resource["subject"]["reference"]
+                assert names_patient(subject, pid, case.get("patient_full_url")), f"{path.name}: {ref}"
             assert ref in sources, f"{path.name}: {ref} missing from sources"
             assert sources[ref] == resource.get("meta", {}).get("versionId"), f"{path.name}: {ref} version"
         for item in actual.get("ignored", []):

@@ -39,10 +39,21 @@ def test_assess_json_prints_exactly_one_object_with_the_contract_keys(
     assert all(flag["level"] in ("block", "warn") and flag["evidence"] for flag in assessment["red_flags"])
     assert assessment["criteria"] == {
         "url": "https://smart-app.example/fhir/criteria/back-mice",
-        "version": "1.0.0",
+        "version": "1.1.0",  # the newest release is the default
         **({"title": assessment["criteria"]["title"]} if "title" in assessment["criteria"] else {}),
     }
     assert assessment["as_of"] == AS_OF
+
+
+def test_assess_criteria_chooses_the_release(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ("assess", "--bundle", str(DATA / "patient-evance.json"), "--as-of", AS_OF, "--json")
+    status, out, err = run(capsys, *argv, "--criteria", "1.0.0")
+    assert status == 0, err
+    old = json.loads(out)
+    new = json.loads(run(capsys, *argv)[1])
+    assert (old["criteria"]["version"], new["criteria"]["version"]) == ("1.0.0", "1.1.0")
+    assert old["summary"].startswith("Suspected painful episacral lipoma")
+    assert new["summary"].startswith("Red flag present: Malignancy, current or history")
 
 
 def test_assess_is_byte_stable(capsys: pytest.CaptureFixture[str]) -> None:

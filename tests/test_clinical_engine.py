@@ -52,6 +52,8 @@ CONTRACT_KEYS = {
     "sources",
     "counts",
     "unavailable",
+    "preliminary_evidence",
+    "opening",
 }
 
 
@@ -519,7 +521,8 @@ def test_absolute_and_urn_subjects() -> None:
         (cond("c", "R50.9"), {"spinal-infection": "block"}),
         (cond("c", "D84.9", clinical=None, recordedDate="2026-11-10"), {"spinal-infection": "block"}),
         (cond("c", "D84.9", clinical=None, recordedDate="2026-09-10"), {}),
-        (cond("c", "G83.4", clinical=None), {}),
+        # no clinicalStatus and no date: its currency cannot be decided, so it counts (reading decisions)
+        (cond("c", "G83.4", clinical=None), {"cauda-equina": "block"}),
         (cond("c", "R33.9"), {"cauda-equina": "block"}),
         (cond("c", "R63.4"), {"weight-loss": "warn"}),
         (cond("c", "M45.6"), {"inflammatory": "warn"}),
@@ -667,7 +670,7 @@ def test_counts_and_ignored_are_sorted() -> None:
 
 
 def test_trace_explains_each_rule() -> None:
-    a = assess(load_bundle(bundle_bytes(*confirmed(), pain("o-p", 8))), AS_OF)
+    a = assess(load_bundle(bundle_bytes(*confirmed(), pain("o-p", 8))), AS_OF, "1.0.0")
     stages = [(t["stage"], t["rule"], t["value"]) for t in a.trace]
     assert stages[:4] == [
         ("classification", "red-flags", False),

@@ -358,11 +358,48 @@ def test_non_dict_entries_are_skipped(entry: Any) -> None:
     assert out["classification"] == "probable"
 
 
-@pytest.mark.parametrize("birth", ["19xx", "", "2030-01-01", 1980, None])
+@pytest.mark.parametrize("birth", ["19xx", "", "2030-01-01", 1980, None, "1950-02-30"])
 def test_odd_birth_date(birth: Any) -> None:
     patient = drop_none({**PATIENT, "birthDate": birth})
     out = assess_doc(bundle(*BASE, patient=patient))
     assert out["classification"] == "probable"
+    malformed = birth not in (None, "2030-01-01")
+    paths = [(i["reference"], i.get("path")) for i in out["ignored"]]
+    assert (("Patient/p1", "Patient.birthDate") in paths) is malformed
+    if malformed:  # no age can be counted: age-new-onset is not raised, even with a recent onset
+        recent = {**LBP, "onsetDateTime": "2026-11-10"}
+        assert assess_doc(bundle(recent, NODULE, REPRO, patient=patient))["red_flags"] == []
+
+
+def test_malformed_dates_are_reported_with_their_path_and_cost_nothing() -> None:
+    """docs/clinical-criteria.md#malformed-dates: the element is treated as absent and reported; the
+    resource is kept (a cancer history still blocks), even when it is used as evidence."""
+    cancer = {
+        "resourceType": "Condition",
+        "id": "c-ca",
+        "code": {"coding": [{"system": ICD, "code": "Z85.3"}]},
+        "subject": {"reference": "Patient/p1"},
+        "onsetPeriod": {"start": "2010-02-30", "end": "2011-01-01"},
+        "recordedDate": "unknown",
+    }
+    nodule = {
+        **without(NODULE, "effectiveDateTime"),
+        "effectiveInstant": "now",
+        "effectivePeriod": "2026",
+        "issued": "2026-11-20T10:00:00Z",  # the time falls back to issued
+    }
+    out = assess_doc(bundle(LBP, nodule, REPRO, cancer))
+    assert out["classification"] == "red-flags" and out["red_flags"][0]["evidence"] == ["Condition/c-ca"]
+    assert out["findings"]["NODULE"]["status"] == "present"
+    paths = sorted((i["reference"], i["path"]) for i in out["ignored"] if "path" in i)
+    assert paths == [
+        ("Condition/c-ca", "Condition.onsetPeriod.start"),
+        ("Condition/c-ca", "Condition.recordedDate"),
+        ("Observation/o-nodule", "Observation.effectiveInstant"),
+        ("Observation/o-nodule", "Observation.effectivePeriod"),
+    ]
+    assert all("treated as absent" in i["reason"] for i in out["ignored"] if "path" in i)
+    assert out["counts"]["ignored"] == len(out["ignored"])
 
 
 @pytest.mark.parametrize(

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 from clinical_builders import AS_OF, bundle_bytes, confirmed, pain, probable
-from criteria_support import hypothetical_release, release_dir
+from criteria_support import RELEASES, hypothetical_release, manifest_for, release_dir, released
 
 from smart_app.clinical import CriteriaError, assess, load_bundle, load_registry
-from smart_app.clinical.criteria import default_registry
+from smart_app.clinical.criteria import FORMAT_1_DEFAULTS, default_registry
 from smart_app.clinical.record import PatientRecord
 from smart_app.clinical.rules import OPERATORS, Context, FindingResult, FlagResult
 
@@ -22,10 +22,94 @@ ROOT = Path(__file__).resolve().parent.parent
 RELEASED = release_dir("1.0.0") / "criteria.json"
 # A released criteria version is never edited: add a new version file beside it instead.
 RELEASED_SHA256 = "d0cfad3fde6715f82cc19c8cf78ce281212f7fbda761d7ea387a89602bbe89a5"
+#: sha256 of each released version's manifest. The manifest records the sha256 of every file of the
+#: release (criteria.json and each ValueSet and CodeSystem it pins) and the app refuses a release whose
+#: files differ from it, so this one pin per version fails on any change to any file of that version.
+RELEASE_MANIFEST_SHA256 = {
+    "1.0.0": "00008b7d7b16327c0eedeabe205c1078cf50a087aa0bbca15e7682921935e870",
+    "1.1.0": "336434838cbc20ad536fdfd6263fcc7e5af9957d36922be149f42de3a4a144c9",
+}
+#: The same for the reading terminology of format 1 (the sign ValueSets 1.0.0 reads NEURO_DEFICIT with).
+FORMAT_1_MANIFEST_SHA256 = "67ad97f7c73e6c8b271a6b3253a38db35c4cb7f494577d011f13528573ddc683"
 
 
 def test_released_criteria_file_is_unchanged() -> None:
     assert hashlib.sha256(RELEASED.read_bytes()).hexdigest() == RELEASED_SHA256
+
+
+@pytest.mark.parametrize("version", sorted(RELEASE_MANIFEST_SHA256))
+def test_every_file_of_a_released_version_is_pinned(version: str) -> None:
+    directory = release_dir(version)
+    manifest = directory / "release.json"
+    assert hashlib.sha256(manifest.read_bytes()).hexdigest() == RELEASE_MANIFEST_SHA256[version]
+    pinned = json.loads(manifest.read_text())["sha256"]
+    assert set(pinned) == {p.name for p in directory.glob("*.json")} - {"release.json"}
+    for name, digest in pinned.items():
+        assert hashlib.sha256((directory / name).read_bytes()).hexdigest() == digest, name
+    assert manifest.read_text() == json.dumps(manifest_for(directory), indent=2, sort_keys=True) + "\n"
+
+
+def test_every_shipped_release_is_pinned_here() -> None:
+    assert default_registry().versions() == sorted(RELEASE_MANIFEST_SHA256)
+
+
+def test_format_1_reading_terminology_is_pinned() -> None:
+    directory = RELEASES / "format-1"
+    manifest = directory / "terminology.json"
+    assert hashlib.sha256(manifest.read_bytes()).hexdigest() == FORMAT_1_MANIFEST_SHA256
+    pinned = json.loads(manifest.read_text())["sha256"]
+    assert set(pinned) == {p.name for p in directory.glob("*.json")} - {"terminology.json"}
+    for name, digest in pinned.items():
+        assert hashlib.sha256((directory / name).read_bytes()).hexdigest() == digest, name
+
+
+def test_release_1_1_0_differs_from_1_0_0_only_where_the_contract_says() -> None:
+    """docs/clinical-criteria.md#criteria-110: preliminary danger, M46.5-, medication intent, the opening
+    sentence; the format-1 defaults stated explicitly; the decisions rewritten for the reading decisions."""
+    old, new = released("1.0.0"), released("1.1.0")
+    explicit = {"preliminary_danger", "site_finding", "pain_missing", "checklist_order"}
+    assert new["preliminary_danger"] is True and "preliminary_danger" not in old
+    for key in explicit - {"preliminary_danger"}:
+        assert new[key] == FORMAT_1_DEFAULTS[key]
+    deficit = next(f for f in new["findings"] if f["id"] == "NEURO_DEFICIT")
+    assert {k: deficit[k] for k in ("danger", "signs")} == FORMAT_1_DEFAULTS["findings"]["NEURO_DEFICIT"]
+    medication = next(
+        e for e in new["definitions"]["conservative_care_tried"]["of"] if e["op"] == "medication_taken"
+    )
+    assert medication["intents"] == {
+        "MedicationRequest": ["order", "original-order", "reflex-order", "filler-order", "instance-order"]
+    }
+    assert set(new["summary"]["opening"]) == {r["id"] for r in new["classification"]}
+    suspected = {k for k, v in new["summary"]["opening"].items() if "painful episacral lipoma" in v.lower()}
+    assert suspected == {"probable", "possible", "confirmed"}
+
+    def without_changes(data: dict[str, Any]) -> dict[str, Any]:
+        out = json.loads(json.dumps(data))
+        for key in (*explicit, "version", "date", "description", "decisions"):
+            out.pop(key, None)
+        out["summary"].pop("opening")
+        for finding in out["findings"]:
+            for key in ("danger", "signs"):
+                finding.pop(key, None)
+        for entry in out["definitions"]["conservative_care_tried"]["of"]:
+            entry.pop("intents", None)
+        return out
+
+    assert without_changes(new) == without_changes(old)
+    assert {d["id"] for d in old["decisions"]} <= {d["id"] for d in new["decisions"]}
+    pins = {
+        v: {
+            p["url"]: p["version"]
+            for p in json.loads((release_dir(v) / "release.json").read_text())["valuesets"]
+        }
+        for v in ("1.0.0", "1.1.0")
+    }
+    changed = {url for url, version in pins["1.1.0"].items() if pins["1.0.0"].get(url) != version}
+    assert changed == {
+        "https://smart-app.example/fhir/ValueSet/back-mice-rf-spinal-infection",  # 1.1.0 (adds M46.5-)
+        *(sign["valueset"] for sign in deficit["signs"]),  # the signs, new in the release (1.0.0 files)
+    }
+    assert pins["1.1.0"]["https://smart-app.example/fhir/ValueSet/back-mice-rf-spinal-infection"] == "1.1.0"
 
 
 def test_released_criteria_content() -> None:
@@ -112,10 +196,12 @@ def test_an_edited_file_of_a_sealed_release_is_refused(tmp_path: Path) -> None:
     data["compose"]["include"][0]["concept"] = data["compose"]["include"][0]["concept"][1:]
     vs.write_text(json.dumps(data))
     with pytest.raises(CriteriaError, match="changed after the release was sealed"):
-        load_registry([target], shipped=False)
+        load_registry([target], shipped=False).get("1.0.0")
+    with pytest.raises(CriteriaError, match="changed after the release was sealed"):
+        load_registry([target], shipped=False).load_all()
     (target / "ValueSet-extra.json").write_text("{}")
     with pytest.raises(CriteriaError, match="not sealed"):
-        load_registry([target], shipped=False)
+        load_registry([target], shipped=False).get("1.0.0")
 
 
 # -- operators -------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from clinical_builders import (
     AS_OF,
+    FIRST_RELEASE,
     RXNORM,
     bundle_bytes,
     cond,
@@ -40,7 +41,7 @@ NOT_GRANTED = "scope not granted"
 
 def assess_with(unavailable: Mapping[str, str], *resources: dict[str, Any]) -> dict[str, Any]:
     record = dataclasses.replace(load_bundle(bundle_bytes(*resources)), unavailable=dict(unavailable))
-    out: dict[str, Any] = assess(record, AS_OF).to_json()
+    out: dict[str, Any] = assess(record, AS_OF, FIRST_RELEASE).to_json()
     return out
 
 
@@ -54,7 +55,7 @@ def missing(out: dict[str, Any]) -> dict[str, dict[str, str]]:
 
 def trace(unavailable: Mapping[str, str], *resources: dict[str, Any]) -> list[dict[str, Any]]:
     record = dataclasses.replace(load_bundle(bundle_bytes(*resources)), unavailable=dict(unavailable))
-    return list(assess(record, AS_OF).trace)
+    return list(assess(record, AS_OF, FIRST_RELEASE).trace)
 
 
 def nsaid(rtype: str = "MedicationStatement", status_: str = "active") -> dict[str, Any]:

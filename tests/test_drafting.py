@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import hashlib
 import json
 import re
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,7 +22,7 @@ from smart_app.drafts.build import (
     narrative_text,
 )
 from smart_app.drafts.profiles import check_bundle
-from smart_app.drafts.provenance import versioned_reference
+from smart_app.drafts.provenance import software_version_of, versioned_reference
 from smart_app.vocabulary import (
     CLASSIFICATION_EXTENSION,
     CLASSIFICATION_SYSTEM,
@@ -487,3 +489,129 @@ def test_unavailable_types_are_part_of_the_evidence() -> None:
     other_reason["unavailable"][1]["reason"] = "read failed (HTTP 500): x"
     edited = keys(build_transaction(other_reason, author=None, encounter=None, recorded=RECORDED))
     assert edited != with_unread
+
+
+# -- the opening sentence of the written assessment (docs/clinical-criteria.md#what-the-app-writes) ----
+CASES_DIR = Path(__file__).resolve().parent / "cases"
+SUSPECTED = "Suspected painful episacral lipoma ('back mouse')."
+#: classification -> (a 1.1.0 case of it, the sentence the written assessment must open with)
+OPENINGS = {
+    "red-flags": (
+        "420-v110-opening-red-flags",
+        "Red flag present: Malignancy, current or history — no back-mouse procedure suggested; "
+        "urgent work-up.",
+    ),
+    "not-consistent": (
+        "425-v110-opening-not-consistent",
+        "Not consistent with back mice: an objective neurological deficit is recorded — "
+        "work-up for another cause.",
+    ),
+    "unlikely": (
+        "421-v110-opening-unlikely",
+        "Back mice unlikely: pressure on the nodule does not reproduce the pain (a painless nodule) — "
+        "no back-mouse procedure.",
+    ),
+    "confirmed": (
+        "426-v110-opening-confirmed-pain-3",
+        "Painful episacral lipoma ('back mouse') confirmed by relief after the diagnostic injection, left "
+        "posterior iliac crest — conservative care first (NSAIDs and heat).",
+    ),
+    "probable": (
+        "422-v110-opening-probable",
+        "Probable painful episacral lipoma ('back mouse'), left posterior iliac crest — suggest diagnostic "
+        "local anaesthetic injection into the nodule.",
+    ),
+    "possible": (
+        "423-v110-opening-possible",
+        "Possible painful episacral lipoma ('back mouse'), left forearm — focused examination.",
+    ),
+    "insufficient-data": (
+        "424-v110-opening-insufficient-data",
+        "Not enough data to assess for back mice: palpable subcutaneous nodule, nodule at a typical site, "
+        "pressure on the nodule reproduces the pain, relief after diagnostic injection into the nodule not "
+        "established — focused examination.",
+    ),
+}
+
+
+def case_drafts(name: str, version: str, form: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The assessment of a case under ``version`` and the written assessment drafted from it."""
+    from smart_app.clinical import assess, load_bundle
+
+    case = json.loads((CASES_DIR / f"{name}.json").read_text(encoding="utf-8"))
+    entries = [{"resource": case["patient"]}, *({"resource": r} for r in case["resources"])]
+    data = json.dumps({"resourceType": "Bundle", "type": "collection", "entry": entries}).encode()
+    as_of = datetime.fromisoformat(case["as_of"].replace("Z", "+00:00"))
+    assessment = assess(load_bundle(data), as_of, version).to_json()
+    bundle = build_transaction(
+        assessment, author=AUTHOR, encounter=None, recorded=RECORDED, assessment_as=form
+    )
+    return assessment, one(bundle, form)
+
+
+def opening_text(written: dict[str, Any]) -> str:
+    text = narrative_text(written["text"]["div"])
+    assert text.startswith(DRAFT_BANNER)
+    return text[len(DRAFT_BANNER) :]
+
+
+@pytest.mark.parametrize("form", ["ClinicalImpression", "DocumentReference"])
+@pytest.mark.parametrize("classification", sorted(OPENINGS))
+def test_the_written_assessment_opens_with_its_classification(classification: str, form: str) -> None:
+    """Criteria 1.1.0: the narrative (and ClinicalImpression.summary) opens with a sentence that states
+    the classification; only probable, possible and confirmed speak of a painful episacral lipoma."""
+    name, sentence = OPENINGS[classification]
+    assessment, written = case_drafts(name, "1.1.0", form)
+    assert assessment["classification"] == classification
+    text = opening_text(written)
+    assert text.startswith(sentence + f"Classification: {classification};")
+    if form == "ClinicalImpression":
+        assert written["summary"].startswith(sentence)
+        assert written["finding"][0]["itemCodeableConcept"]["coding"][0]["code"] == classification
+    else:
+        html = base64.b64decode(written["content"][0]["attachment"]["data"]).decode("utf-8")
+        assert narrative_text(html)[len(DRAFT_BANNER) :].startswith(sentence)
+    suspects = classification in ("probable", "possible", "confirmed")
+    assert ("painful episacral lipoma" in text.split("Classification:")[0].lower()) is suspects
+    assert "Suspected painful episacral lipoma" not in text
+    assert text.count(sentence) == 1  # the summary that follows does not repeat it
+
+
+@pytest.mark.parametrize("classification", sorted(OPENINGS))
+def test_a_1_0_0_assessment_keeps_its_fixed_opening(classification: str) -> None:
+    """Criteria 1.0.0 is released: its written assessment opens with the same sentence whatever the
+    classification, and the coded conclusion follows at once."""
+    name, _ = OPENINGS[classification]
+    assessment, written = case_drafts(name, "1.0.0", "ClinicalImpression")
+    assert assessment["opening"] == SUSPECTED
+    assert opening_text(written).startswith(f"{SUSPECTED}Classification: {assessment['classification']};")
+    assert written["summary"].startswith(SUSPECTED)
+
+
+def test_a_hand_written_assessment_without_an_opening_opens_with_its_headline() -> None:
+    assessment = hand_assessment("red-flag-block")
+    assert "opening" not in assessment
+    written = one(
+        build_transaction(assessment, author=AUTHOR, encounter=None, recorded=RECORDED), "ClinicalImpression"
+    )
+    assert opening_text(written).startswith(str(assessment["headline"]))
+
+
+def test_each_write_names_the_software_version_that_made_it() -> None:
+    """The Device is created once on its identifier (its version is that of the first write), so each
+    Provenance names the app version that concluded (back-mice-software-version)."""
+    import smart_app
+
+    bundle = build()
+    prov = one(bundle, "Provenance")
+    assert prov["extension"] == [
+        {
+            "url": "https://smart-app.example/fhir/StructureDefinition/back-mice-software-version",
+            "valueString": smart_app.__version__,
+        }
+    ]
+    assert smart_app.__version__ == "0.2.0"
+    assert f"version {smart_app.__version__}" in narrative_text(prov["text"]["div"])
+    assert one(bundle, "Device")["version"] == [{"value": smart_app.__version__}]
+    assert software_version_of(prov) == smart_app.__version__
+    assert software_version_of({"resourceType": "Provenance"}) is None

@@ -209,7 +209,7 @@ def test_callback_completes_launch(client, rsps):
         "registration_id": "test-ehr",
         "fhir_base": ISS,
         "patient": "p1",
-        "encounter": "e1",
+        "encounter": "Encounter/e1",
         "fhir_user": "Practitioner/dr1",
         "need_patient_banner": False,
         "smart_style_url": "https://ehr.test/style.json",
@@ -305,7 +305,7 @@ def test_oauth_error_with_unknown_state(client):
     [
         ({"status": 400, "json": {"error": "invalid_grant"}}, 502, b"invalid_grant"),
         ({"status": 401, "json": {"error": "invalid_client"}}, 502, b"invalid_client"),
-        ({"status": 200, "body": "not json"}, 502, b"did not answer with JSON"),
+        ({"status": 200, "body": "not json"}, 502, b"did not answer with usable JSON"),
         ({"status": 200, "json": token_response(patient=None)}, 502, b"which patient"),
     ],
 )
@@ -549,7 +549,7 @@ def test_logs_of_full_launch_and_refresh_contain_no_secrets(tmp_path, rsps, monk
     mock_discovery(rsps)
     q = start(client)
     token = id_token(q["nonce"])
-    mock_token(rsps, None, id_token=token, expires_in=30)
+    mock_token(rsps, None, id_token=token, expires_in=0)  # expired at once: the next request refreshes
     client.get("/callback", query_string={"code": "CODE-secret-42", "state": q["state"]})
     rsps.add(
         responses.POST,

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from writeback_fixtures import RECORDED, ROOT, hand_assessment
 
+import smart_app
 from smart_app.drafts.build import AssessmentAs, build_transaction
 from smart_app.drafts.profiles import ProfileChecker, check_bundle, load_checker
 
@@ -74,7 +75,7 @@ def messages(res: dict[str, Any]) -> list[str]:
 def test_package_manifest() -> None:
     manifest = json.loads((PACKAGE_DIR / "package.json").read_text(encoding="utf-8"))
     assert manifest["name"] == "smart-app.back-mice"
-    assert manifest["version"] == "0.1.0"
+    assert manifest["version"] == "0.2.0"  # 0.2.0: the Provenance names the software version
     assert manifest["canonical"] == CANONICAL
     assert manifest["fhirVersions"] == ["4.0.1"]
     assert manifest["type"] == "fhir.ig"
@@ -440,6 +441,49 @@ def test_next_step_extension_checked() -> None:
     ci = resource("ClinicalImpression")
     ci["extension"].append(copy.deepcopy(ci["extension"][0]))
     assert messages(ci) == ["ClinicalImpression.extension:nextStep: at most 1 allowed, found 2"]
+
+
+def test_software_version_extension() -> None:
+    """Each write's Provenance names the app version that concluded (back-mice-software-version)."""
+    url = f"{CANONICAL}/StructureDefinition/back-mice-software-version"
+    sd = json.loads((PACKAGE_DIR / "StructureDefinition-back-mice-software-version.json").read_text())
+    assert (sd["url"], sd["type"], sd["baseDefinition"]) == (
+        url,
+        "Extension",
+        "http://hl7.org/fhir/StructureDefinition/Extension",
+    )
+    assert [c["expression"] for c in sd["context"]] == ["Provenance"]
+    snapshot = {e["id"]: e for e in sd["snapshot"]["element"]}
+    assert snapshot["Extension.url"]["fixedUri"] == url and snapshot["Extension.extension"]["max"] == "0"
+    value = snapshot["Extension.value[x]"]
+    assert (value["min"], [t["code"] for t in value["type"]]) == (1, ["string"])
+    checker = load_checker()
+    provenance = checker.profiles[f"{CANONICAL}/StructureDefinition/back-mice-provenance"]
+    elements = {e["id"]: e for e in provenance["snapshot"]["element"]}
+    element = elements["Provenance.extension:softwareVersion"]
+    assert (element["min"], element["max"], element["type"]) == (
+        1,
+        "1",
+        [{"code": "Extension", "profile": [url]}],
+    )
+
+    prov = resource("Provenance")
+    assert prov["extension"] == [{"url": url, "valueString": smart_app.__version__}]
+    assert messages(prov) == []
+    del prov["extension"]
+    assert messages(prov) == [
+        "Provenance.extension: at least 1 required, found 0",
+        "Provenance.extension:softwareVersion: at least 1 required, found 0",
+    ]
+    prov = resource("Provenance")
+    prov["extension"][0] = {"url": url, "valueCode": "0.2.0"}
+    assert messages(prov) == ["Provenance.extension[0].valueCode: type not allowed; allowed: string"]
+    ci = resource("ClinicalImpression")
+    ci["extension"].append({"url": url, "valueString": "0.2.0"})
+    assert messages(ci) == [
+        f"ClinicalImpression.extension[1]: extension {url} is not allowed on ClinicalImpression; "
+        "allowed: Provenance"
+    ]
 
 
 def test_extension_context_and_unknown_extensions() -> None:

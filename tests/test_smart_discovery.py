@@ -108,7 +108,7 @@ def test_capability_statement_fallback_on_404(rsps):
     [
         ({"status": 404}, "answered HTTP 404"),
         ({"status": 500, "json": {"oops": 1}}, "answered HTTP 500"),
-        ({"status": 200, "body": "<html>not json</html>"}, "did not answer with JSON"),
+        ({"status": 200, "body": "<html>not json</html>"}, "did not answer with usable JSON"),
         ({"status": 200, "json": ["a"]}, "did not answer with a JSON object"),
         ({"status": 200, "json": {"token_endpoint": TOKEN}}, "lacks a usable authorization_endpoint"),
     ],

@@ -152,8 +152,8 @@ def test_token_endpoint_refusals(rsps, kwargs, expected):
 @pytest.mark.parametrize(
     ("kwargs", "expected"),
     [
-        ({"body": "<html>hi</html>"}, "did not answer with JSON"),
-        ({"json": ["x"]}, "did not answer with JSON"),
+        ({"body": "<html>hi</html>"}, "did not answer with usable JSON"),
+        ({"json": ["x"]}, "did not answer with a JSON object"),
         ({"json": token_response(access_token=None)}, "has no access_token"),
         ({"json": token_response(token_type="MAC")}, "token_type other than Bearer"),
         ({"body": requests.ConnectionError("down")}, "could not be reached"),

@@ -19,9 +19,10 @@ ROOT = Path(__file__).resolve().parent.parent
 SCT = "http://snomed.info/sct"
 ICD = "http://hl7.org/fhir/sid/icd-10-cm"
 LOINC = "http://loinc.org"
-TERMINOLOGY_DIR = ROOT / "smart_app" / "data" / "criteria" / "back-mice-1.0.0"
+RELEASES_DIR = ROOT / "smart_app" / "data" / "criteria"
+TERMINOLOGY_DIR = RELEASES_DIR / "back-mice-1.0.0"
 CRITERIA = orjson.loads((TERMINOLOGY_DIR / "criteria.json").read_bytes())
-OUR_FILES = sorted(TERMINOLOGY_DIR.glob("ValueSet-back-mice-*.json")) + sorted(
+OUR_FILES = sorted(RELEASES_DIR.glob("*/ValueSet-back-mice-*.json")) + sorted(
     (ROOT / "smart_app" / "data" / "profiles").glob("CodeSystem-back-mice-*.json")
 )
 
@@ -112,7 +113,13 @@ def test_terminology_resources_are_well_formed(path: Path) -> None:
     rid = path.stem.split("-", 1)[1]
     assert res["id"] == rid and res["resourceType"] == path.stem.split("-", 1)[0]
     assert res["url"] == f"https://smart-app.example/fhir/{res['resourceType']}/{rid}"
-    assert res["status"] == "active" and res["version"] == "1.0.0" and len(res["description"]) > 20
+    assert res["status"] == "active" and len(res["description"]) > 20
+    manifest = path.parent / "release.json"
+    if manifest.is_file():  # a release pins each ValueSet at its version; unchanged ones stay 1.0.0
+        pins = {v["url"]: v["version"] for v in orjson.loads(manifest.read_bytes())["valuesets"]}
+        assert res["version"] == pins[res["url"]]
+    else:
+        assert res["version"] == "1.0.0"
     if res["resourceType"] == "ValueSet":
         for inc in res["compose"]["include"]:
             assert "system" in inc or "valueSet" in inc
@@ -170,6 +177,56 @@ def test_icd_category_rules(code: str, valueset: str, expected: bool) -> None:
     term = default_registry().get("1.0.0").terminology
     url = f"https://smart-app.example/fhir/ValueSet/back-mice-{valueset}"
     assert term.contains(url, ICD, code) is expected
+
+
+@pytest.mark.parametrize("version", ["1.0.0", "1.1.0"])
+@pytest.mark.parametrize(
+    "code,system,spelling",
+    [
+        ("Z85.46", ICD, "z8546"),
+        ("Z85.46", ICD, "Z8546"),
+        ("M54.50", ICD, " m54.50 "),
+        ("279039007", SCT, "279039007"),
+    ],
+)
+def test_codes_compare_as_the_reading_decisions_say(
+    version: str, code: str, system: str, spelling: str
+) -> None:
+    """ICD-10-CM ignores case and the dot; SNOMED CT compares exactly (docs/clinical-criteria.md#codes)."""
+    term = default_registry().get(version).terminology
+    assert term.match(system, spelling) == term.match(system, code) != frozenset()
+    assert term.match(SCT, "0279039007") == frozenset()
+
+
+@pytest.mark.parametrize(("version", "expected"), [("1.0.0", False), ("1.1.0", True)])
+@pytest.mark.parametrize("code", ["M46.5", "M46.50", "M46.56", "m4658"])
+def test_spinal_infection_m46_5_only_from_1_1_0(version: str, expected: bool, code: str) -> None:
+    term = default_registry().get(version).terminology
+    url = "https://smart-app.example/fhir/ValueSet/back-mice-rf-spinal-infection"
+    assert term.contains(url, ICD, code) is expected
+    assert term.contains(url, ICD, "M46.6") is False  # only the M46.5 category is added
+
+
+@pytest.mark.parametrize("version", ["1.0.0", "1.1.0"])
+def test_the_signs_cover_the_neuro_deficit_valueset_exactly(version: str) -> None:
+    """Each NEURO_DEFICIT code belongs to exactly one sign, and every sign code is a deficit code."""
+    criteria = default_registry().get(version)
+    term = criteria.terminology
+    deficit = next(f for f in criteria.findings if f["id"] == "NEURO_DEFICIT")
+    signs = [s["valueset"] for s in deficit["signs"]]
+    deficit_url = deficit["conditions"]["valueset"]
+    probes = [
+        (system, c["code"])
+        for url in [deficit_url, *signs]
+        for inc in term.valuesets[url]["compose"]["include"]
+        for system in [inc["system"]]
+        for c in [*inc.get("concept", []), *({"code": f["value"] + "1"} for f in inc.get("filter", []))]
+    ]
+    assert len(probes) >= 8
+    for system, code in probes:
+        hits = term.match(system, code)
+        assert deficit_url in hits, code
+        assert len([s for s in signs if s in hits]) == 1, code
 
 
 def test_nested_valueset_include() -> None:

@@ -19,8 +19,9 @@ from .store import VERSION_ID_STYLES
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 DEFAULTS: dict[str, Any] = {
-    # The app's launch URL that the EHR page opens in its iframe (SMART "EHR Launch").
-    "APP_LAUNCH_URL": "http://localhost:8000/launch",
+    # The app's launch URL that the EHR page opens in its iframe (SMART "EHR Launch"): the launch URL of
+    # the app's registration for the sandbox's public client (launch/registrations/sandbox.json).
+    "APP_LAUNCH_URL": "http://localhost:8000/launch/sandbox",
     # The sandbox's own origin; the FHIR base (and iss) is PUBLIC_URL + "/fhir".
     "PUBLIC_URL": "http://127.0.0.1:8001",
     # Directory of patient Bundles (*.json, in subfolders too; collection or transaction).
@@ -70,7 +71,7 @@ DEFAULTS: dict[str, Any] = {
     "DEFAULT_USER": "Practitioner/dr-ada",
     # Encounter of an EHR launch that names none: "latest" (the patient's latest Encounter, as an EHR
     # opened within a visit) or "named" (only an encounter the launch request names).
-    "EHR_LAUNCH_ENCOUNTER": "named",
+    "EHR_LAUNCH_ENCOUNTER": "latest",
     # Form of the token response's "encounter": "id" (bare, as SMART launchers send it), "reference"
     # ("Encounter/<id>") or "absolute" (the FHIR base + "/Encounter/<id>").
     "EHR_LAUNCH_ENCOUNTER_FORMAT": "id",

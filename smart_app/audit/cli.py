@@ -13,12 +13,12 @@ import sys
 from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from smart_app.audit.listing import list_writes
 from smart_app.audit.model import AuditInputError, AuditReport, VerifyReport
-from smart_app.audit.source import BundleSource, FhirSource, Source
-from smart_app.audit.verify import verify_assessment, verify_bundle
+
+if TYPE_CHECKING:
+    from smart_app.audit.source import Source
 
 EXIT_OK, EXIT_FINDINGS, EXIT_UNUSABLE = 0, 1, 2
 TOKEN_ENV = "SMART_APP_FHIR_TOKEN"
@@ -35,6 +35,8 @@ def parse_since(value: str | None) -> date | None:
 
 def open_source(fhir_base: str | None, bundle: str | None) -> Source:
     """A live server (bearer token from ``$SMART_APP_FHIR_TOKEN`` when set) or an export file."""
+    from smart_app.audit.source import BundleSource, FhirSource
+
     if bundle:
         try:
             data = Path(bundle).read_bytes()
@@ -60,6 +62,7 @@ def run_list(
     source: Source, *, patient: str | None = None, since: date | None = None
 ) -> tuple[dict[str, Any], int]:
     """``audit list`` as (JSON object, exit status)."""
+    from smart_app.audit.listing import list_writes
     from smart_app.fhir.errors import FhirError
 
     try:
@@ -76,6 +79,7 @@ def run_verify(
     source: Source, assessment: str, *, criteria_dirs: Sequence[Path] = ()
 ) -> tuple[dict[str, Any], int]:
     """``audit verify`` as (JSON object, exit status)."""
+    from smart_app.audit.verify import verify_assessment
     from smart_app.fhir.errors import FhirError
 
     try:
@@ -184,6 +188,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from smart_app.audit.verify import verify_bundle
+
     dirs = [Path(d) for d in args.criteria_dir or []]
     if args.bundle:
         try:

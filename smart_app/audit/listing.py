@@ -139,6 +139,7 @@ class _Collector:
     cache: dict[str, dict[str, Any]] = field(default_factory=dict)
     missing: set[str] = field(default_factory=set)
     forbidden: set[str] = field(default_factory=set)
+    first_versions: dict[str, str | None] = field(default_factory=dict)
 
     def search_any(
         self, resource_type: str, searches: Iterable[Sequence[dict[str, str]]]
@@ -164,6 +165,20 @@ class _Collector:
         for ref, res in found.items():
             self.cache[ref] = res
         return list(found.values())
+
+    def written_version(self, ref: Ref) -> str | None:
+        """The version the app wrote: the one a versioned reference names, else the oldest version in
+        the resource's history (the app created it; later versions are edits), whatever the server's
+        version ids look like. ``None`` when the server keeps no history of it."""
+        if ref.version is not None:
+            return ref.version
+        if ref.plain not in self.first_versions:
+            try:
+                versions = self.source.history(ref.type, ref.id)
+            except (NotFound, NotAccessible):
+                versions = []
+            self.first_versions[ref.plain] = version_id(versions[-1]) if versions else None
+        return self.first_versions[ref.plain]
 
     def get(self, ref: Ref) -> dict[str, Any] | None:
         key = ref.plain
@@ -274,13 +289,12 @@ def _in_scope(write: Write, patient_ref: str | None, since: date | None) -> bool
     return True
 
 
-def _check_resource(
-    col: _Collector, ref: Ref, written_version: str | None, findings: list[Finding]
-) -> WrittenResource:
+def _check_resource(col: _Collector, ref: Ref, findings: list[Finding]) -> WrittenResource:
     current = col.get(ref)
     if current is None:
         state = "not-accessible" if ref.plain in col.forbidden else "missing"
-        return WrittenResource(ref.plain, ref.type, written_version, None, state)
+        return WrittenResource(ref.plain, ref.type, ref.version, None, state)
+    written_version = col.written_version(ref)
     now_version = version_id(current)
     item = WrittenResource(
         ref.plain, ref.type, written_version, now_version, resource_state(current), resource=current
@@ -330,7 +344,7 @@ def _write_from_provenance(col: _Collector, prov: dict[str, Any]) -> tuple[Write
                 )
             )
             continue
-        item = _check_resource(col, ref, ref.version or "1", findings)
+        item = _check_resource(col, ref, findings)
         if item.state == "missing":
             findings.append(
                 Finding(
@@ -407,7 +421,7 @@ def _orphan_writes(col: _Collector, orphans: dict[str, dict[str, Any]]) -> list[
     out: list[tuple[Write, list[Finding]]] = []
     for owner, members in groups.items():
         findings: list[Finding] = []
-        resources = [_check_resource(col, Ref.parse(m) or Ref("?", m), "1", findings) for m in members]
+        resources = [_check_resource(col, Ref.parse(m) or Ref("?", m), findings) for m in members]
         for m in members:
             findings.append(
                 Finding(

@@ -11,7 +11,7 @@ import orjson
 
 from smart_app.audit.model import AuditInputError
 from smart_app.fhirjson import ID_RE as _ID_RE
-from smart_app.fhirjson import Ref, version_id
+from smart_app.fhirjson import BadTime, Ref, as_dict, parse_time, version_id
 
 
 class NotFound(Exception):
@@ -35,6 +35,10 @@ class Source(Protocol):
 
     def search(self, resource_type: str, params: dict[str, str]) -> list[dict[str, Any]]: ...
 
+    def history(self, resource_type: str, resource_id: str) -> list[dict[str, Any]]:
+        """Every version the source holds of one resource, newest first; empty when it cannot say."""
+        ...
+
 
 class FhirReader(Protocol):
     """What ``smart_app.fhir.FhirClient`` offers (CONTRACT.md, smart_app.fhir)."""
@@ -44,6 +48,8 @@ class FhirReader(Protocol):
     def vread(self, resource_type: str, resource_id: str, version_id: str) -> dict[str, Any]: ...
 
     def search_all(self, resource_type: str, params: dict[str, str]) -> list[dict[str, Any]]: ...
+
+    def history(self, resource_type: str, resource_id: str) -> list[dict[str, Any]]: ...
 
 
 def _status(exc: BaseException) -> int | None:
@@ -97,12 +103,51 @@ class FhirSource:
             raise
         return [r for r in found if isinstance(r, dict) and r.get("resourceType") == resource_type]
 
+    def history(self, resource_type: str, resource_id: str) -> list[dict[str, Any]]:
+        """FHIR R4 "history" of one resource, newest first (http.html#history); empty when the server does
+        not offer it (a 4xx other than 401/403, e.g. 405 or 501), so the caller knows it cannot say."""
+        target = f"{resource_type}/{resource_id}/_history"
+        if not _ID_RE.fullmatch(resource_id):
+            raise NotFound(target)
+        try:
+            with _not_found_as(target):
+                versions = self.client.history(resource_type, resource_id)
+        except NotFound:
+            raise
+        except Exception as exc:
+            status = _status(exc)
+            if status is not None and status not in (401, 403) and (400 <= status < 500 or status == 501):
+                return []
+            raise
+        return newest_first(
+            r for r in versions if isinstance(r, dict) and r.get("resourceType") == resource_type
+        )
+
+
+def newest_first(versions: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Versions of one resource ordered newest first by ``meta.lastUpdated`` (FHIR instants, compared as
+    instants), then by an integer ``versionId``; a version id's format is never assumed otherwise."""
+
+    def key(res: dict[str, Any]) -> tuple[float, int]:
+        try:
+            when = parse_time((as_dict(res.get("meta")) or {}).get("lastUpdated"))
+        except BadTime:
+            when = None
+        vid = version_id(res) or ""
+        return (
+            when.start.timestamp() if when is not None else float("-inf"),
+            int(vid) if vid.isdigit() else -1,
+        )
+
+    return sorted(versions, key=key, reverse=True)
+
 
 class BundleSource:
     """An offline export: any Bundle whose entries hold the written resources and the source versions.
 
     Several versions of one resource may be present (``meta.versionId``, or a ``fullUrl`` ending in
-    ``/_history/n``); ``read`` answers with the highest, ``vread`` with the one asked for.
+    ``/_history/<vid>``); ``read`` answers with the newest (:func:`newest_first`), ``vread`` with the one
+    asked for, ``history`` with all of them.
     """
 
     def __init__(self, resources: Iterable[dict[str, Any]]) -> None:
@@ -137,10 +182,6 @@ class BundleSource:
             resources.append(res)
         return cls(resources)
 
-    @staticmethod
-    def _order(vid: str) -> tuple[int, str]:
-        return (int(vid), vid) if vid.isdigit() else (-1, vid)
-
     def _all_current(self, resource_type: str) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         keys = {k for k in (*self._versions, *self._unversioned) if k[0] == resource_type}
@@ -151,7 +192,7 @@ class BundleSource:
     def read(self, resource_type: str, resource_id: str) -> dict[str, Any]:
         versions = self._versions.get((resource_type, resource_id))
         if versions:
-            return versions[max(versions, key=self._order)]
+            return newest_first(versions.values())[0]
         res = self._unversioned.get((resource_type, resource_id))
         if res is None:
             raise NotFound(f"{resource_type}/{resource_id}")
@@ -166,3 +207,7 @@ class BundleSource:
     def search(self, resource_type: str, params: dict[str, str]) -> list[dict[str, Any]]:
         """Every current resource of the type; callers filter (the export is already the selection)."""
         return self._all_current(resource_type)
+
+    def history(self, resource_type: str, resource_id: str) -> list[dict[str, Any]]:
+        versions = self._versions.get((resource_type, resource_id))
+        return newest_first(versions.values()) if versions else []

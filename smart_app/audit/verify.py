@@ -8,6 +8,10 @@ Resource types the app could not read are on the assessment as back-mice-unavail
 go back into ``PatientRecord.unavailable``, so what they would decide is unknown again, as it was. The
 draft identifier hashes the evidence (Provenance entities and those unread types): when it no longer
 matches, the extension, the Provenance or the identifier was changed after the write.
+
+The software that concluded is named per write by the Provenance's back-mice-software-version extension;
+the report says which version wrote, which reproduced and, when they differ, whether the conclusion still
+matches (docs/clinical-criteria.md#what-the-app-writes).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from smart_app import __version__
 from smart_app.audit.listing import (
     TAG_PARAM,
     app_device_refs,
@@ -33,6 +38,7 @@ from smart_app.audit.model import (
     split_canonical,
 )
 from smart_app.audit.source import NotAccessible, NotFound, Source, UnsupportedSearch
+from smart_app.drafts.provenance import software_version_of
 from smart_app.drafts.readback import recomputed_conclusion, written_conclusion
 from smart_app.drafts.written import ASSESSMENT_TYPES
 from smart_app.fhirjson import Ref, version_id
@@ -174,8 +180,13 @@ def verify_assessment(
     report.evaluated_at = as_of.isoformat().replace("+00:00", "Z")
     if where != "ClinicalImpression.effectiveDateTime":
         report.notes.append(f"Evaluation time taken from {where}.")
-    written_version = _target_version(prov, ref)
-    if version_id(current) not in (None, written_version):
+    written_version = _target_version(source, prov, ref)
+    if written_version is None:
+        report.notes.append(
+            f"The version of {ref.plain} the app wrote is not known (its Provenance target names none and "
+            "the server keeps no history of it); the current content is compared."
+        )
+    elif version_id(current) not in (None, written_version):
         report.notes.append(
             f"{ref.plain} is now version {version_id(current)} (written as version {written_version}); "
             "the current content is compared."
@@ -219,7 +230,27 @@ def verify_assessment(
             report.differences.append(Difference(name, written.get(name), again.get(name)))
     _check_identifier(current, ref, prov, f"{criteria['url']}|{version}", unavailable, report)
     report.reproduced = not report.differences
+    report.notes.append(software_note(software_version_of(prov), __version__, report))
     return report
+
+
+def software_note(written_by: str | None, reproducing: str, report: VerifyReport) -> str:
+    """Which version of the app wrote and which reproduced; when they differ, whether the conclusion
+    (the compared fields) still matches."""
+    if written_by == reproducing:
+        return f"Written and reproduced by app version {reproducing}."
+    wrote = (
+        f"Written by app version {written_by}"
+        if written_by
+        else "The write does not name the app version that concluded (written before app 0.2.0)"
+    )
+    conclusion = [d.field for d in report.differences if d.field in COMPARED]
+    verdict = (
+        "the conclusion still matches"
+        if not conclusion
+        else f"the conclusion does not match ({', '.join(conclusion)} differ)"
+    )
+    return f"{wrote}; reproduced by app version {reproducing}: {verdict}."
 
 
 def written_unavailable(resource: dict[str, Any], notes: list[str] | None = None) -> dict[str, str]:
@@ -278,12 +309,18 @@ def _check_identifier(
         )
 
 
-def _target_version(prov: dict[str, Any], ref: Ref) -> str:
+def _target_version(source: Source, prov: dict[str, Any], ref: Ref) -> str | None:
+    """The version of ``ref`` the app wrote: the Provenance target's version when it names one, else the
+    oldest version in the resource's history (version ids are the server's, of any format)."""
     for target in prov.get("target") or []:
         tref = Ref.parse(target.get("reference")) if isinstance(target, dict) else None
         if tref is not None and tref.plain == ref.plain and tref.version:
             return tref.version
-    return "1"
+    try:
+        versions = source.history(ref.type, ref.id)
+    except NotFound:
+        return None
+    return version_id(versions[-1]) if versions else None
 
 
 def _written_criteria(resource: dict[str, Any]) -> str | None:

@@ -1,5 +1,5 @@
 """The Assessment: what the criteria concluded, why, and from which resources
-(docs/clinical-criteria.md#the-assessment)."""
+(docs/clinical-criteria.md#assessment-output)."""
 
 from __future__ import annotations
 
@@ -26,11 +26,16 @@ class Assessment:
     procedure_suggestion: dict[str, Any] | None
     latest_pain: dict[str, Any] | None
     rationale: list[str]
+    #: the written assessment's opening sentence (docs/clinical-criteria.md#what-the-app-writes); the
+    #: summary begins with it
+    opening: str
     summary: str
     ignored: list[dict[str, str]]
     sources: list[dict[str, str | None]]
     counts: dict[str, int]
     unavailable: list[dict[str, str]] = field(default_factory=list)
+    #: evidence that is a preliminary Observation (counted as danger under 1.1.0; the page marks it)
+    preliminary_evidence: list[str] = field(default_factory=list)
     trace: tuple[dict[str, Any], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
@@ -51,11 +56,13 @@ class Assessment:
                 "procedure_suggestion": self.procedure_suggestion,
                 "latest_pain": self.latest_pain,
                 "rationale": self.rationale,
+                "opening": self.opening,
                 "summary": self.summary,
                 "ignored": self.ignored,
                 "sources": self.sources,
                 "counts": self.counts,
                 "unavailable": self.unavailable,
+                "preliminary_evidence": self.preliminary_evidence,
             }
         )
 

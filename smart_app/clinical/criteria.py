@@ -2,10 +2,15 @@
 
 A release is a directory ``<id>-<version>/`` holding ``criteria.json``, every ValueSet and CodeSystem it
 reads, and ``release.json``: the manifest that pins each ValueSet by url and version and records the
-sha256 of every file (docs/clinical-criteria.md#releases). A release whose files do not match its
+sha256 of every file (docs/clinical-criteria.md#release-history). A release whose files do not match its
 manifest is refused, so editing a shipped ValueSet can never silently change how a released version
 evaluates. Releases ship inside the package (``smart_app/data/criteria``) and load through
 ``importlib.resources``; ``load_registry`` also takes extra directories of published releases.
+
+What a format-1 document leaves implicit is stated once, in :data:`FORMAT_1_DEFAULTS`; the codes those
+defaults name live in the sealed reading terminology of the format (``smart_app/data/criteria/format-1``,
+docs/clinical-criteria.md#neuro_deficit), never in Python. A release that states a default itself (1.1.0
+does) reads its own value and its own terminology.
 """
 
 from __future__ import annotations
@@ -25,6 +30,10 @@ from smart_app.clinical import terminology
 
 MANIFEST = "release.json"
 SUPPORTED_FORMATS = frozenset({1})
+#: The directory of the reading terminology of format 1, and its manifest (sha256 of every file).
+FORMAT_1_TERMINOLOGY = "format-1"
+TERMINOLOGY_MANIFEST = "terminology.json"
+_VS = "https://smart-app.example/fhir/ValueSet/back-mice-"
 
 
 class CriteriaError(ValueError):
@@ -52,6 +61,24 @@ FORMAT_1_DEFAULTS: Mapping[str, Any] = {
         "NEURO_DEFICIT",
         "INJECTION_RELIEF",
     ],
+    # whether a preliminary Observation that records danger (a BLOCK red flag, or a finding marked
+    # ``danger``) as present counts: "no" in format 1 (1.1.0 says "yes")
+    "preliminary_danger": False,
+    # per finding id, what its definition leaves implicit (docs/clinical-criteria.md#reading-decisions):
+    # ``danger`` findings withhold a procedure when present, so they are read safety first (abatement never
+    # removes them; a present record whose date is missing or unreadable counts); ``signs`` group their
+    # codes, each sign decided by its own newest record
+    "findings": {
+        "NEURO_DEFICIT": {
+            "danger": True,
+            "signs": [
+                {"id": "weakness", "title": "muscle weakness", "valueset": f"{_VS}neuro-weakness"},
+                {"id": "foot-drop", "title": "foot drop", "valueset": f"{_VS}neuro-foot-drop"},
+                {"id": "hypoesthesia", "title": "hypoesthesia", "valueset": f"{_VS}neuro-hypoesthesia"},
+                {"id": "reflex", "title": "abnormal reflex", "valueset": f"{_VS}neuro-reflex"},
+            ],
+        }
+    },
 }
 
 
@@ -84,6 +111,16 @@ class Criteria:
         """A value the document states, else the default of its format (:data:`FORMAT_1_DEFAULTS`)."""
         return self.data.get(name, FORMAT_1_DEFAULTS[name])
 
+    @functools.cached_property
+    def findings(self) -> tuple[Mapping[str, Any], ...]:
+        """``data["findings"]``, each completed with the format defaults it does not state itself."""
+        return completed_findings(self.data)
+
+    def read_valuesets(self) -> frozenset[str]:
+        """Every ValueSet the engine reads with: those the document names and those its findings' format
+        defaults name (the signs of NEURO_DEFICIT in 1.0.0)."""
+        return frozenset(valueset_urls(self.data)) | frozenset(valueset_urls(list(self.findings)))
+
     def threshold(self, value: object) -> float:
         """A number, or the name of an entry of ``thresholds``."""
         if isinstance(value, str):
@@ -94,6 +131,12 @@ class Criteria:
 
     def window(self, name: str) -> int:
         return int(self.data["windows_days"][name])
+
+
+def completed_findings(data: Mapping[str, Any]) -> tuple[Mapping[str, Any], ...]:
+    """The finding definitions with what format 1 leaves implicit filled in (a stated key wins)."""
+    defaults: Mapping[str, Mapping[str, Any]] = FORMAT_1_DEFAULTS["findings"]
+    return tuple({**defaults.get(str(spec.get("id")), {}), **spec} for spec in data["findings"])
 
 
 def valueset_urls(node: object) -> Iterator[str]:
@@ -136,19 +179,40 @@ def coded_references(node: object) -> Iterator[tuple[str, str]]:
 
 
 class CriteriaRegistry:
-    """Criteria versions keyed by version; :meth:`newest` is the default for new assessments."""
+    """Criteria versions keyed by version; :meth:`newest` is the default for new assessments.
 
-    def __init__(self, criteria: Iterable[Criteria]) -> None:
+    Built from loaded :class:`Criteria` or from release directories: a directory's manifest names its
+    version at once, and the release itself (hashes checked, terminology built) is loaded on first use, so
+    a process that evaluates one version pays for that one only.
+    """
+
+    def __init__(self, criteria: Iterable[Criteria] = (), releases: Iterable[Traversable] = ()) -> None:
         self._by_version: dict[str, Criteria] = {}
+        self._pending: dict[str, Traversable] = {}
         for c in criteria:
-            if c.version in self._by_version:
-                raise CriteriaError(f"criteria version {c.version} defined twice")
+            self._claim(c.version)
             self._by_version[c.version] = c
+        for directory in releases:
+            version = _json(directory / MANIFEST, f"{directory.name}/{MANIFEST}").get("version")
+            if not isinstance(version, str) or not version:
+                raise CriteriaError(f"{directory.name}: the manifest names no version")
+            self._claim(version)
+            self._pending[version] = directory
+
+    def _claim(self, version: str) -> None:
+        if version in self._by_version or version in self._pending:
+            raise CriteriaError(f"criteria version {version} defined twice")
 
     def get(self, version: str | None = None) -> Criteria:
         """The named version, or the newest release when ``version`` is None."""
         if version is None:
             return self.newest()
+        if version in self._pending:
+            criteria = load_release(self._pending[version])
+            if criteria.version != version:
+                raise CriteriaError(f"{criteria.source}: criteria.json is not version {version}")
+            self._by_version[version] = criteria
+            del self._pending[version]
         try:
             return self._by_version[version]
         except KeyError:
@@ -156,16 +220,22 @@ class CriteriaRegistry:
             raise CriteriaError(f"unknown criteria version {version!r} (known: {known})") from None
 
     def newest(self) -> Criteria:
-        if not self._by_version:
+        versions = self.versions()
+        if not versions:
             raise CriteriaError("no criteria release is installed")
-        return self._by_version[self.versions()[-1]]
+        return self.get(versions[-1])
 
     def versions(self) -> list[str]:
         """Known versions, oldest first (semantic version order)."""
-        return sorted(self._by_version, key=_version_key)
+        return sorted([*self._by_version, *self._pending], key=_version_key)
 
     def __contains__(self, version: object) -> bool:
-        return version in self._by_version
+        return version in self._by_version or version in self._pending
+
+    def load_all(self) -> None:
+        """Load every release now (a server checks them all at start; raises ``CriteriaError``)."""
+        for version in list(self._pending):
+            self.get(version)
 
 
 def _version_key(version: str) -> tuple[tuple[int, str], ...]:
@@ -213,13 +283,35 @@ def load_release(directory: Traversable) -> Criteria:
         url = res.get("url")
         if res.get("resourceType") == "ValueSet" and pinned.get(url) != res.get("version"):
             raise CriteriaError(f"{name}: ValueSet {url} is not the version the release pins")
+    findings = completed_findings(data)
+    implicit = set(valueset_urls(list(findings))) - set(valueset_urls(data))
+    own = {res.get("url") for res in term_resources}
+    term_resources += [res for res in format_1_terminology() if res.get("url") in implicit - own]
     term = terminology.build(term_resources)
     wanted = referenced_valuesets(data, term.valuesets)
     unpinned = sorted(wanted - set(pinned))
     if unpinned:
         raise CriteriaError(f"{name}: ValueSet(s) read but not pinned: {', '.join(unpinned)}")
-    term.require(wanted)
+    term.require(wanted | implicit)
     return Criteria(data=data, terminology=term, source=name)
+
+
+@functools.lru_cache(maxsize=1)
+def format_1_terminology() -> tuple[dict[str, Any], ...]:
+    """The ValueSets that :data:`FORMAT_1_DEFAULTS` name, each checked against the sha256 its manifest
+    records: like a release, this reading data is sealed and never edited."""
+    directory = shipped_releases() / FORMAT_1_TERMINOLOGY
+    manifest = _json(directory / TERMINOLOGY_MANIFEST, f"{FORMAT_1_TERMINOLOGY}/{TERMINOLOGY_MANIFEST}")
+    hashes = manifest.get("sha256")
+    if not isinstance(hashes, dict) or not hashes:
+        raise CriteriaError(f"{FORMAT_1_TERMINOLOGY}: the manifest lists no files")
+    out = []
+    for file, digest in sorted(hashes.items()):
+        raw = (directory / file).read_bytes()
+        if hashlib.sha256(raw).hexdigest() != digest:
+            raise CriteriaError(f"{FORMAT_1_TERMINOLOGY}: {file} changed after it was sealed")
+        out.append(orjson.loads(raw))
+    return tuple(out)
 
 
 def _release_dirs(root: Traversable) -> list[Traversable]:
@@ -234,16 +326,13 @@ def load_registry(extra_dirs: Sequence[Path | Traversable] = (), *, shipped: boo
     """The shipped releases (unless ``shipped`` is False) plus the releases in ``extra_dirs``: each extra
     directory is a release itself or holds release directories."""
     roots: list[Traversable] = [shipped_releases()] if shipped else []
-    found: list[Criteria] = []
+    found: list[Traversable] = []
     for root in roots:
-        found.extend(load_release(d) for d in _release_dirs(root))
+        found.extend(_release_dirs(root))
     for extra in extra_dirs:
         directory = extra if isinstance(extra, Traversable) else Path(extra)
-        if (directory / MANIFEST).is_file():
-            found.append(load_release(directory))
-        else:
-            found.extend(load_release(d) for d in _release_dirs(directory))
-    return CriteriaRegistry(found)
+        found.extend([directory] if (directory / MANIFEST).is_file() else _release_dirs(directory))
+    return CriteriaRegistry(releases=found)
 
 
 @functools.lru_cache(maxsize=1)

@@ -1,5 +1,5 @@
 """Evaluate a criteria version over one patient's record (docs/clinical-criteria.md#classification and
-docs/clinical-criteria.md#the-assessment).
+docs/clinical-criteria.md#assessment-output).
 
 The engine is handed the operator table (:data:`smart_app.clinical.rules.OPERATORS` by default) and runs
 the criteria document stage by stage: findings, the pain score, red flags, classification, next step. It
@@ -99,7 +99,7 @@ def evaluate(
     ctx = Context(criteria=criteria, facts=facts, record=record, as_of=as_of, operators=operators)
     data = criteria.data
 
-    for spec in data["findings"]:
+    for spec in criteria.findings:
         result = ctx.run(spec["rule"], spec)
         if not isinstance(result, FindingResult):
             raise CriteriaError(f"finding {spec['id']}: {spec['rule']!r} is not a finding rule")
@@ -161,9 +161,17 @@ def evaluate(
         for ref in sorted(used)
     ]
     reasons = {**ctx.rejected, **facts.ignored}  # resource-level reasons take precedence
-    ignored = [
+    ignored: list[dict[str, str]] = [
         {"reference": ref, "reason": reason} for ref, reason in sorted(reasons.items()) if ref not in used
     ]
+    # a malformed element is reported with its path whether or not its resource was used
+    ignored += [
+        {"reference": ref, "path": path, "reason": reason} for (ref, path), reason in facts.problems.items()
+    ]
+    ignored.sort(key=lambda i: (i["reference"], i.get("path", "")))
+    preliminary = sorted(
+        {r for result in [*ctx.findings.values(), *ctx.flags] for r in result.preliminary} & used
+    )
 
     findings_json = {
         spec["id"]: {
@@ -172,7 +180,7 @@ def evaluate(
             "reason": ctx.findings[spec["id"]].reason,
             "title": spec["title"],
         }
-        for spec in data["findings"]
+        for spec in criteria.findings
     }
     checklist = _checklist(ctx)
     latest = None
@@ -184,10 +192,11 @@ def evaluate(
             "time": when.text if when else None,
         }
 
+    words = _words(ctx, rule_spec, next_step, site_text)
     return Assessment(
         classification=classification,
         next_step=next_step,
-        headline=_headline(ctx, classification, rule_spec, next_step, site_text, withheld),
+        headline=_headline(ctx, classification, words, withheld),
         patient=record.patient_reference,
         as_of=as_of.isoformat().replace("+00:00", "Z"),
         criteria={"url": criteria.url, "version": criteria.version, "title": criteria.title},
@@ -202,15 +211,17 @@ def evaluate(
         procedure_suggestion=suggestion,
         latest_pain=latest,
         rationale=_rationale(
-            ctx, rule_spec, outcome, ladder_spec, ladder_outcome, differentials, withheld, inputs
+            ctx, rule_spec, outcome, ladder_spec, ladder_outcome, differentials, withheld, inputs, preliminary
         ),
-        summary=_summary(ctx, checklist),
+        opening=opening(ctx.data["summary"], classification, words),
+        summary=_summary(ctx, checklist, classification, words),
         ignored=ignored,
         sources=sources,
         counts={"resources": count, "used": len(sources), "ignored": len(ignored)},
         unavailable=[
             {"resource_type": rtype, "reason": reason} for rtype, reason in sorted(record.unavailable.items())
         ],
+        preliminary_evidence=preliminary,
         trace=tuple(trace),
     )
 
@@ -310,7 +321,8 @@ def _differentials(ctx: Context) -> list[dict[str, Any]]:
     for spec in ctx.data["differentials"]:
         refs = set()
         for fact in ctx.facts.of(spec["valueset"]):
-            if fact.rtype == "Condition" and (fact.clinical is None or fact.clinical in active):
+            status = fact.supporting_status  # an abated Condition is not current (con-4)
+            if fact.rtype == "Condition" and (status is None or status in active):
                 refs.add(fact.ref)
             elif (
                 fact.rtype == "Observation"
@@ -355,7 +367,7 @@ def _suggestion(
         if coding:
             body_site = {"coding": coding, "text": site_text}
     refs: set[str] = set()
-    for finding in ctx.data["findings"]:  # the findings that support the suggestion (met when present)
+    for finding in ctx.criteria.findings:  # the findings that support the suggestion (met when present)
         result = ctx.findings[finding["id"]]
         if result.status == PRESENT and finding["met_when"] == PRESENT:
             refs.update(result.evidence)
@@ -371,19 +383,30 @@ def _suggestion(
     }
 
 
-def _headline(
-    ctx: Context, classification: str, rule: Mapping[str, Any], step: str, site: str, withheld: str | None
-) -> str:
-    data = ctx.data
-    flags = "; ".join(f.title for f in ctx.flags if f.level == "block")
-    why = "; ".join(
-        spec.get("absent_text", spec["id"])
-        for spec in data["findings"]
-        if ctx.findings[spec["id"]].status == "absent" and spec["id"] in _finding_ids(rule["when"])
-    )
-    headline = str(
-        data["headlines"][classification].format(flags=flags, why=why, site=site, step=data["steps"][step])
-    )
+def _words(ctx: Context, rule: Mapping[str, Any], step: str, site: str) -> dict[str, str]:
+    """What the headline and the opening sentence templates may name: ``flags`` (the BLOCK flags),
+    ``why`` (the recorded negative criteria of the rule that applied), ``site``, ``step`` and
+    ``unknown`` (the supporting criteria not established)."""
+    findings = ctx.criteria.findings
+    return {
+        "flags": "; ".join(f.title for f in ctx.flags if f.level == "block"),
+        "why": "; ".join(
+            spec.get("absent_text", spec["id"])
+            for spec in findings
+            if ctx.findings[spec["id"]].status == "absent" and spec["id"] in _finding_ids(rule["when"])
+        ),
+        "site": site,
+        "step": str(ctx.data["steps"][step]),
+        "unknown": ", ".join(
+            f"{spec['title'][:1].lower()}{spec['title'][1:]}"
+            for spec in findings
+            if spec["met_when"] == PRESENT and ctx.findings[spec["id"]].status == UNKNOWN
+        ),
+    }
+
+
+def _headline(ctx: Context, classification: str, words: Mapping[str, str], withheld: str | None) -> str:
+    headline = str(ctx.data["headlines"][classification].format(**words))
     screen = _screen_unread(ctx)
     if screen and not any(f.level == "block" for f in ctx.flags):
         spec = ctx.dependencies["red_flags"]
@@ -407,7 +430,7 @@ def _checklist(ctx: Context) -> list[dict[str, Any]]:
     or "no <title>" for a criterion met by absence. The one place this rule lives.
     """
     rows = []
-    specs = {spec["id"]: spec for spec in ctx.data["findings"]}
+    specs = {spec["id"]: spec for spec in ctx.criteria.findings}
     for finding_id in ctx.criteria.setting("checklist_order"):
         spec = specs[finding_id]
         result = ctx.findings[spec["id"]]
@@ -435,15 +458,26 @@ def _checklist(ctx: Context) -> list[dict[str, Any]]:
     return rows
 
 
-def _summary(ctx: Context, checklist: list[dict[str, Any]]) -> str:
+def opening(summary: Mapping[str, Any], classification: str, words: Mapping[str, str]) -> str:
+    """The written assessment's opening sentence (docs/clinical-criteria.md#what-the-app-writes): one
+    fixed sentence (1.0.0), or the one of the classification (1.1.0: it states what was concluded)."""
+    template = summary["opening"]
+    if isinstance(template, Mapping):
+        return str(template[classification]).format(**words)
+    return str(template)
+
+
+def _summary(
+    ctx: Context, checklist: list[dict[str, Any]], classification: str, words: Mapping[str, str]
+) -> str:
     text = ctx.data["summary"]
     verdicts = {row["finding"]: row["verdict"] for row in checklist}
     met, not_met, unknown = (
-        [spec["criterion"] for spec in ctx.data["findings"] if verdicts[spec["id"]] == verdict]
+        [spec["criterion"] for spec in ctx.criteria.findings if verdicts[spec["id"]] == verdict]
         for verdict in ("met", "not-met", "unknown")
     )
     parts = [
-        text["opening"],
+        opening(text, classification, words),
         text["criteria"].format(
             met=", ".join(met) or "none",
             not_met=", ".join(not_met) or "none",
@@ -474,6 +508,7 @@ def _rationale(
     differentials: list[dict[str, Any]],
     withheld: str | None,
     inputs: list[UnknownInput],
+    preliminary: list[str],
 ) -> list[str]:
     position = [r["id"] for r in ctx.data["classification"]].index(rule["id"]) + 1
     lines = [
@@ -505,6 +540,11 @@ def _rationale(
     for fid, result in sorted(ctx.findings.items()):
         if result.conflict or result.unread:
             lines.append(f"{fid} is unknown: {result.reason}.")
+    if preliminary:
+        lines.append(
+            f"Preliminary evidence of danger counted ({', '.join(preliminary)}): it withholds a procedure "
+            f"until it is confirmed or corrected (criteria {ctx.criteria.version})."
+        )
     if differentials:
         titles = ", ".join(d["title"] for d in differentials)
         lines.append(f"Differentials recorded: {titles}. {ctx.data['differentials_note']}")
@@ -516,7 +556,7 @@ def _missing(
 ) -> list[dict[str, str]]:
     guide = ctx.data["missing"]
     out = []
-    for spec in ctx.data["findings"]:
+    for spec in ctx.criteria.findings:
         result: FindingResult = ctx.findings[spec["id"]]
         if result.status == UNKNOWN and spec["id"] in guide:
             what = guide[spec["id"]]["what"]

@@ -2,25 +2,100 @@
 
 Reading rules: docs/clinical-criteria.md#reading-the-record. Each usable coded element becomes a ``Fact``
 filed under every criteria ValueSet its code belongs to; rules later decide what each fact means.
+
+A malformed date never costs a resource (docs/clinical-criteria.md#malformed-dates): the bad element is
+treated as absent, reported with its path (``Facts.problems``), and the next element of the time order
+(``smart_app.fhirjson``) is used. A date without a time is after the evaluation time only when it starts
+after it in every time zone (docs/clinical-criteria.md#partial-dates).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 
 from smart_app import fhirjson as fj
-from smart_app.clinical.criteria import Criteria, valueset_urls
+from smart_app.clinical.criteria import Criteria
 from smart_app.clinical.record import PatientRecord
 from smart_app.fhirjson import When
 from smart_app.vocabulary import system_label
 
 _MIN = datetime.min.replace(tzinfo=UTC)
 READ_TYPES = ("Observation", "Condition", "Procedure", "MedicationStatement", "MedicationRequest")
+#: The earliest UTC offset in use (UTC+14:00): a calendar date begins there first.
+_EARLIEST_OFFSET = timedelta(hours=14)
+_MEDICATION_DATES = ("effectiveDateTime", "effectivePeriod", "authoredOn", "dateAsserted")
+#: The date elements each read type may carry (R4), as ``element`` or ``period`` (a Period: start, end).
+DATE_ELEMENTS: Mapping[str, tuple[str, ...]] = {
+    "Observation": ("effectiveDateTime", "effectiveInstant", "effectivePeriod", "issued"),
+    "Condition": (
+        "onsetDateTime",
+        "onsetPeriod",
+        "recordedDate",
+        "abatementDateTime",
+        "abatementPeriod",
+    ),
+    "Procedure": ("performedDateTime", "performedPeriod"),
+    "MedicationStatement": _MEDICATION_DATES,
+    "MedicationRequest": _MEDICATION_DATES,
+}
+#: abatement[x] of R4 Condition (any of them says the Condition abated; con-4)
+_ABATEMENT = ("abatementDateTime", "abatementAge", "abatementPeriod", "abatementRange", "abatementString")
+
+
+def starts_after(when: When, moment: datetime) -> bool:
+    """Whether ``when`` is after ``moment`` (docs/clinical-criteria.md#partial-dates): its interval starts
+    after it. A value without a time of day names a calendar date in no particular zone, so it starts
+    when that date begins anywhere (at UTC+14:00): a date-only value on the evaluation day is never after
+    the evaluation time, whatever the evaluation time's offset."""
+    start = when.start if "T" in when.text else when.start - _EARLIEST_OFFSET
+    return start > moment
+
+
+def without_bad_dates(
+    resource: Mapping[str, Any], rtype: str, report: Callable[[str, str], None]
+) -> dict[str, Any]:
+    """A copy of ``resource`` without its unparseable date elements, each reported as
+    ``report(path, reason)``; a Period left without start and end is dropped with them."""
+    clean = dict(resource)
+    for name in DATE_ELEMENTS.get(rtype, ()):
+        if name not in clean:
+            continue
+        value = clean[name]
+        if not name.endswith("Period"):
+            if not _parses(value):
+                report(f"{rtype}.{name}", _bad(value))
+                del clean[name]
+            continue
+        if not isinstance(value, dict):
+            report(f"{rtype}.{name}", "malformed Period treated as absent")
+            del clean[name]
+            continue
+        period = dict(value)
+        for part in ("start", "end"):
+            if part in period and not _parses(period[part]):
+                report(f"{rtype}.{name}.{part}", _bad(period[part]))
+                del period[part]
+        if "start" in period or "end" in period:
+            clean[name] = period
+        else:
+            del clean[name]
+    return clean
+
+
+def _parses(value: object) -> bool:
+    try:
+        return fj.parse_time(value) is not None
+    except fj.BadTime:
+        return False
+
+
+def _bad(value: object) -> str:
+    return f"malformed date {str(value)[:40]!r} treated as absent"
 
 
 @dataclass(slots=True)
@@ -41,6 +116,8 @@ class Fact:
     preliminary: bool = False
     clinical: str | None = None
     verification: str | None = None
+    #: a Condition without clinicalStatus whose abatement[x] says it abated by the evaluation time
+    abated: bool = False
     element: Mapping[str, Any] = field(default_factory=dict)  # the Observation or component carrying value[x]
     resource: Mapping[str, Any] = field(default_factory=dict)
 
@@ -49,12 +126,21 @@ class Fact:
         """Ordering time ("newest wins"); undated facts sort oldest."""
         return self.when.start if self.when else _MIN
 
+    @property
+    def supporting_status(self) -> str | None:
+        """clinicalStatus as supporting findings read it: an abated Condition without one is inactive
+        (R4 con-4). Red flags and danger findings read ``clinical`` itself: abatement never removes
+        them (docs/clinical-criteria.md#abatement)."""
+        return "inactive" if self.clinical is None and self.abated else self.clinical
+
 
 @dataclass(slots=True)
 class Facts:
     by_valueset: dict[str, list[Fact]]
     ignored: dict[str, str]  # ref -> first reason
     resources: dict[str, Mapping[str, Any]]  # ref -> resource (for versionId)
+    #: (ref, element path) -> why that element was set aside; the resource itself is still read
+    problems: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def of(self, url: str, rtype: str | None = None) -> list[Fact]:
         found = self.by_valueset.get(url, [])
@@ -93,7 +179,11 @@ _KEEP = frozenset(
         "onsetPeriod",
         "recordedDate",
         "abatementDateTime",
+        "abatementAge",
         "abatementPeriod",
+        "abatementRange",
+        "abatementString",
+        "intent",
         "performedDateTime",
         "performedPeriod",
         "subject",
@@ -117,7 +207,7 @@ class Extractor:
         self.as_of = as_of
         self.criteria = criteria
         self.term = criteria.terminology
-        self.relevant = frozenset(valueset_urls(criteria.data))
+        self.relevant = criteria.read_valuesets()
         reading = criteria.data["reading"]
         self.present_vs: str = reading["present_valueset"]
         self.absent_vs: str = reading["absent_valueset"]
@@ -126,8 +216,9 @@ class Extractor:
         self.drop_verification = frozenset(reading["condition_verification_drop"])
         # ValueSets whose codes may also arrive as an Observation's value (value = finding pattern)
         value_sets: set[str] = set()
-        for f in criteria.data["findings"]:
+        for f in criteria.findings:
             value_sets.update(o["valueset"] for o in f.get("observations", []))
+            value_sets.update(sign["valueset"] for sign in f.get("signs", []))
         value_sets.update(r["valueset"] for r in criteria.data["red_flags"] if "valueset" in r)
         value_sets.update(d["valueset"] for d in criteria.data["differentials"])
         value_sets.difference_update({self.present_vs, self.absent_vs})
@@ -156,7 +247,15 @@ class Extractor:
             self.facts.by_valueset.setdefault(url, []).append(fact)
 
     def future(self, when: When | None) -> bool:
-        return when is not None and when.start > self.as_of
+        return when is not None and starts_after(when, self.as_of)
+
+    def clean(self, res: Mapping[str, Any], rtype: str, ref: str) -> dict[str, Any]:
+        """``res`` without its malformed dates, each reported under ``ref`` with its path."""
+
+        def report(path: str, reason: str) -> None:
+            self.facts.problems.setdefault((ref, path), reason)
+
+        return without_bad_dates(res, rtype, report)
 
     def ignored_as_future(self, ref: str, *times: When | None) -> bool:
         """Report ``ref`` as ignored when any of its times is after the evaluation time (CLINICAL.md)."""
@@ -178,14 +277,20 @@ class Extractor:
             self.facts.ignored[ref] = f"malformed: {type(exc).__name__}"
 
     def finish(self, record: PatientRecord) -> Facts:
-        """Apply the subject check (CLINICAL.md: another patient's resource is ignored and reported)."""
-        foreign = {ref for ref, subject in self.subjects.items() if not record.subject_matches(subject)}
+        """Apply the subject check (docs/clinical-criteria.md#subjects: another patient's resource is
+        ignored and reported) and check the Patient's birthDate."""
+        verdicts = {subject: record.subject_matches(subject) for subject in set(self.subjects.values())}
+        foreign = {ref for ref, subject in self.subjects.items() if not verdicts[subject]}
         if foreign:
             for url, facts in self.facts.by_valueset.items():
                 self.facts.by_valueset[url] = [f for f in facts if f.ref not in foreign]
             for ref in foreign:
                 self.facts.resources.pop(ref, None)
                 self.facts.ignored[ref] = "subject is not the launched patient"
+            self.facts.problems = {k: v for k, v in self.facts.problems.items() if k[0] not in foreign}
+        birth = record.patient.get("birthDate")
+        if birth is not None and not _parses(birth):
+            self.facts.problems[(record.patient_reference, "Patient.birthDate")] = _bad(birth)
         return self.facts
 
     def one(self, res: Any) -> None:
@@ -258,6 +363,7 @@ class Extractor:
             self.facts.by_valueset[url] = [f for f in facts if f.ref != ref]
         self.facts.ignored.pop(ref, None)
         self.facts.resources.pop(ref, None)
+        self.facts.problems = {k: v for k, v in self.facts.problems.items() if k[0] != ref}
 
     # -- Observation (clinical-evidence.md §5.2) -------------------------------------------------------
     def _Observation(self, obs: dict[str, Any], ref: str) -> None:
@@ -277,6 +383,7 @@ class Extractor:
                 elements.append((v_urls, v_key, v_label, obs, True))
         if not elements:
             return
+        raw, obs = obs, self.clean(obs, "Observation", ref)
         slim = self.facts.resources[ref] = _slim(obs)
         status = fj.as_str(obs.get("status"))
         preliminary = status in self.listed_status
@@ -286,11 +393,7 @@ class Extractor:
         if "focus" in obs:
             self.facts.ignore(ref, "Observation has a focus (it is about something other than the patient)")
             return
-        try:
-            when = fj.observation_time(obs)
-        except fj.BadTime as exc:
-            self.facts.ignore(ref, f"malformed: {exc}")
-            return
+        when = fj.observation_time(obs)
         if self.ignored_as_future(ref, when):
             return
         for urls, key, label, element, value_is_code in elements:
@@ -307,7 +410,7 @@ class Extractor:
                     note=note,
                     status=status,
                     preliminary=preliminary,
-                    element=slim if element is obs else element,
+                    element=slim if element is raw else element,
                     resource=slim,
                 )
             )
@@ -338,23 +441,20 @@ class Extractor:
         urls, key, label = self.matched(cond.get("code"))
         if not urls:
             return
+        cond = self.clean(cond, "Condition", ref)
         slim = self.facts.resources[ref] = _slim(cond)
         verification = fj.status_code(cond.get("verificationStatus"))
         if verification in self.drop_verification:
             self.facts.ignore(ref, f"verificationStatus {verification}")
             return
-        try:
-            onset = fj.condition_onset(cond)
-            recorded = fj.parse_time(cond.get("recordedDate"))
-            abated = fj.condition_abatement(cond)
-        except fj.BadTime as exc:
-            self.facts.ignore(ref, f"malformed: {exc}")
-            return
+        onset = fj.condition_onset(cond)
+        recorded = fj.parse_time(cond.get("recordedDate"))
         if self.ignored_as_future(ref, onset, recorded):
             return
         clinical = fj.status_code(cond.get("clinicalStatus"))
-        if clinical is None and abated is not None and abated.start <= self.as_of:
-            clinical = "inactive"  # con-4: an abated Condition is inactive/resolved/remission
+        abatement = fj.condition_abatement(cond)
+        # con-4: an abated Condition is inactive/resolved/remission (for supporting findings only)
+        abated = any(k in cond for k in _ABATEMENT) and (abatement is None or not self.future(abatement))
         self.add(
             Fact(
                 ref=ref,
@@ -366,6 +466,7 @@ class Extractor:
                 polarity="present",
                 clinical=clinical,
                 verification=verification,
+                abated=clinical is None and abated,
                 resource=slim,
             )
         )
@@ -389,12 +490,9 @@ class Extractor:
         urls, key, label = self.matched(concept)
         if not urls:
             return
+        resource = self.clean(resource, rtype, ref)
         slim = self.facts.resources[ref] = _slim(resource)
-        try:
-            when = time_of(resource)
-        except fj.BadTime as exc:
-            self.facts.ignore(ref, f"malformed: {exc}")
-            return
+        when = time_of(resource)
         if self.ignored_as_future(ref, when):
             return
         self.add(

@@ -30,16 +30,18 @@ class PatientRecord:
     """The launched Patient and the other resources read for them.
 
     ``patient_aliases`` are extra references that denote the same Patient in this Bundle (its
-    ``fullUrl``, e.g. ``urn:uuid:…`` in a transaction); ``Patient/<id>`` is always accepted.
+    ``fullUrl``, e.g. ``urn:uuid:…`` in a transaction). ``fhir_base`` is the FHIR base the record was
+    read from; ``None`` for a record from a file, whose absolute references may name any base.
     ``unavailable`` names resource types that could not be read, with the reason in words ("scope not
-    granted", "read failed: 503"): their silence is not evidence of absence (CLINICAL.md "Reading the
-    record"; criteria ``data_dependencies``). ``load_bundle`` leaves it empty.
+    granted", "read failed: 503"): their silence is not evidence of absence (docs/clinical-criteria.md
+    #data-that-could-not-be-read; criteria ``data_dependencies``). ``load_bundle`` leaves it empty.
     """
 
     patient: dict[str, Any]
     resources: list[dict[str, Any]]
     patient_aliases: tuple[str, ...] = field(default=())
     unavailable: Mapping[str, str] = field(default_factory=dict)
+    fhir_base: str | None = None
 
     @property
     def patient_reference(self) -> str:
@@ -49,19 +51,23 @@ class PatientRecord:
         return self.patient_aliases[0] if self.patient_aliases else "Patient/(no id)"
 
     def subject_matches(self, ref: str) -> bool:
-        """True if ``ref`` denotes the launched Patient (relative, absolute URL, or a Bundle alias)."""
+        """True if ``ref`` denotes the launched Patient (docs/clinical-criteria.md#subjects):
+        ``Patient/<id>`` or ``Patient/<id>/_history/<v>`` (R4 references.html#literal, #versions), either
+        as an absolute URL on the base the record was read from (any base for a file), or the fullUrl
+        of the Patient's own entry in the Bundle."""
         if ref in self.patient_aliases:
             return True
         pid = self.patient.get("id")
         if not isinstance(pid, str) or not pid:
             return False
-        own = f"Patient/{pid}"
-        if ref == own:
+        if ref == f"Patient/{pid}":
             return True
-        # absolute reference to the same id on some base; strip a trailing /_history/n
-        if "/_history/" in ref:
-            ref = ref.split("/_history/", 1)[0]
-        return ref.endswith("/" + own) and "://" in ref
+        parsed = fj.Ref.parse(ref)
+        if parsed is None:
+            return False
+        if (parsed.type, parsed.id) != ("Patient", pid):
+            return False
+        return parsed.base is None or self.fhir_base is None or fj.same_base(parsed.base, self.fhir_base)
 
 
 def load_bundle(data: bytes | str) -> PatientRecord:

@@ -51,6 +51,8 @@ class Result:
     rejected: tuple[Rejection, ...] = ()
     #: References read to decide, whether or not they became evidence (e.g. the Patient's birth date).
     consulted: tuple[str, ...] = ()
+    #: Evidence that is a preliminary Observation (counted for danger only: 1.1.0 ``preliminary_danger``).
+    preliminary: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -245,17 +247,32 @@ def _newest(facts: Sequence[Fact]) -> tuple[str, list[Fact]]:
 def _describe(fact: Fact) -> str:
     parts = [fact.rtype, fact.label]
     if fact.rtype == "Condition":
-        parts.append(fact.clinical or "no clinicalStatus")
+        parts.append(fact.clinical or ("no clinicalStatus, abated" if fact.abated else "no clinicalStatus"))
         parts.append(fact.verification or "verification not stated")
     else:
         if fact.polarity:
             parts.append(fact.polarity)
-        if fact.when:
-            parts.append(fact.when.text)
+        parts.append(fact.when.text if fact.when else "undated")
+        if fact.preliminary:
+            parts.append("preliminary")
     return ", ".join(p for p in parts if p)
 
 
+def _preliminary(facts: Iterable[Fact]) -> tuple[str, ...]:
+    return _sorted_refs(f for f in facts if f.preliminary)
+
+
+def counts_preliminary(ctx: Context, danger: bool, fact: Fact) -> bool:
+    """Whether a preliminary Observation counts: only when it records danger as present and the criteria
+    say preliminary evidence of danger counts (``preliminary_danger``; docs/clinical-criteria.md
+    #observation-status)."""
+    return danger and fact.polarity == PRESENT and bool(ctx.criteria.setting("preliminary_danger"))
+
+
 def _usable_observations(ctx: Context, spec: Mapping[str, Any], window: str, rej: Rejections) -> list[Fact]:
+    """The Observations of a finding that may decide it. For a ``danger`` finding, a present record
+    without a usable time counts (its currency cannot be decided: safety first)."""
+    danger = bool(spec.get("danger"))
     out: list[Fact] = []
     for src in spec.get("observations", []):
         for fact in ctx.facts.of(src["valueset"], "Observation"):
@@ -264,8 +281,10 @@ def _usable_observations(ctx: Context, spec: Mapping[str, Any], window: str, rej
                 and site_is_typical(ctx, fj.body_sites(fact.resource))[0] is not True
             ):
                 continue  # e.g. Tenderness elsewhere: not about the nodule
-            if fact.preliminary:
+            if fact.preliminary and not counts_preliminary(ctx, danger, fact):
                 rej.add(fact, "status preliminary: listed, never decides")
+            elif danger and fact.when is None and fact.polarity == PRESENT:
+                out.append(fact)
             elif ctx.outside(fact, window):
                 rej.add(fact, ctx.outside(fact, window) or "")
             elif fact.polarity is None:
@@ -275,8 +294,12 @@ def _usable_observations(ctx: Context, spec: Mapping[str, Any], window: str, rej
     return out
 
 
-def _conditions(ctx: Context, spec: Mapping[str, Any] | None) -> tuple[list[Fact], list[Fact], list[Fact]]:
-    """(counting as present, unconfirmed but active, resolved) Conditions of a finding."""
+def _conditions(
+    ctx: Context, spec: Mapping[str, Any] | None, danger: bool = False
+) -> tuple[list[Fact], list[Fact], list[Fact]]:
+    """(counting as present, unconfirmed but active, resolved) Conditions of a finding. A supporting
+    finding reads an abated Condition without clinicalStatus as inactive; a ``danger`` finding reads
+    clinicalStatus alone (docs/clinical-criteria.md#abatement)."""
     if not spec:
         return [], [], []
     reading = ctx.data["reading"]
@@ -286,7 +309,8 @@ def _conditions(ctx: Context, spec: Mapping[str, Any] | None) -> tuple[list[Fact
     unconfirmed: list[Fact] = []
     resolved: list[Fact] = []
     for fact in ctx.facts.of(spec["valueset"], "Condition"):
-        if fact.clinical is not None and fact.clinical not in active:
+        clinical = fact.clinical if danger else fact.supporting_status
+        if clinical is not None and clinical not in active:
             resolved.append(fact)
         elif (
             spec.get("verification") == "any" or fact.verification is None or fact.verification in supporting
@@ -323,50 +347,20 @@ def rule_exam(ctx: Context, spec: Mapping[str, Any], rej: Rejections) -> Finding
     """
     window = spec.get("window", "exam")
     observations = _usable_observations(ctx, spec, window, rej)
-    cond_present, cond_unconfirmed, cond_resolved = _conditions(ctx, spec.get("conditions"))
+    cond_present, cond_unconfirmed, cond_resolved = _conditions(
+        ctx, spec.get("conditions"), bool(spec.get("danger"))
+    )
     for fact in cond_unconfirmed:
         rej.add(fact, f"verificationStatus {fact.verification}: supporting findings need confirmed")
     for fact in cond_resolved:
-        rej.add(fact, f"clinicalStatus {fact.clinical}")
+        rej.add(fact, f"clinicalStatus {fact.supporting_status}")
     support = sorted(
         [f for f in observations if f.polarity == PRESENT] + cond_present,
         key=lambda f: (-f.sort_time.timestamp(), f.ref),
     )
 
     if spec.get("combine") == "any_present":
-        groups: dict[str, list[Fact]] = {}
-        for fact in observations:
-            groups.setdefault(fact.code_key, []).append(fact)
-        present: list[Fact] = list(cond_present)
-        absent: list[Fact] = []
-        conflicts: list[Fact] = []
-        for _, group in sorted(groups.items()):
-            verdict, top = _newest(group)
-            {"present": present, "absent": absent}.get(verdict, conflicts).extend(top)
-        if present:
-            return FindingResult(
-                PRESENT,
-                _sorted_refs(present),
-                "; ".join(sorted({_describe(f) for f in present})),
-                tuple(present),
-                tuple(support),
-            )
-        if conflicts:
-            return FindingResult(
-                UNKNOWN,
-                _sorted_refs(conflicts),
-                "conflict: records at the same time say present and absent",
-                tuple(conflicts),
-                conflict=True,
-            )
-        if absent:
-            return FindingResult(
-                ABSENT,
-                _sorted_refs(absent),
-                "recorded absent: " + "; ".join(sorted({_describe(f) for f in absent})),
-                tuple(absent),
-            )
-        return FindingResult(UNKNOWN, (), _unknown_reason(ctx, spec))
+        return _any_sign_present(ctx, spec, observations, cond_present, support)
 
     candidates = observations + cond_present
     if not candidates:
@@ -386,6 +380,67 @@ def rule_exam(ctx: Context, spec: Mapping[str, Any], rej: Rejections) -> Finding
     if len(candidates) > len(top):
         reason += " (newest record)"
     return FindingResult(verdict, _sorted_refs(top), reason, tuple(top), tuple(support))
+
+
+def _sign_of(fact: Fact, signs: Sequence[Mapping[str, Any]]) -> str:
+    """The sign a record belongs to (the first sign ValueSet holding its code), else its own code."""
+    for sign in signs:
+        if sign["valueset"] in fact.valuesets:
+            return str(sign["id"])
+    return fact.code_key
+
+
+def _any_sign_present(
+    ctx: Context,
+    spec: Mapping[str, Any],
+    observations: Sequence[Fact],
+    cond_present: Sequence[Fact],
+    support: Sequence[Fact],
+) -> FindingResult:
+    """``combine: any_present`` (NEURO_DEFICIT, docs/clinical-criteria.md#neuro_deficit): each sign is
+    decided on its own by its newest record (a present record without a usable time counts); the finding
+    is present when a counting Condition or any sign is present, absent only when every recorded sign
+    is absent, unknown otherwise (a same-time conflict within a sign)."""
+    groups: dict[str, list[Fact]] = {}
+    for fact in observations:
+        groups.setdefault(_sign_of(fact, spec.get("signs", ())), []).append(fact)
+    present: list[Fact] = list(cond_present)
+    absent: list[Fact] = []
+    conflicts: list[Fact] = []
+    for _, group in sorted(groups.items()):
+        undated = [f for f in group if f.when is None]  # only present ones reach here undated
+        if undated:
+            present.extend(undated)
+            continue
+        verdict, top = _newest(group)
+        {"present": present, "absent": absent}.get(verdict, conflicts).extend(top)
+    if present:
+        return FindingResult(
+            PRESENT,
+            _sorted_refs(present),
+            "; ".join(sorted({_describe(f) for f in present})),
+            tuple(present),
+            tuple(support),
+            preliminary=_preliminary(present),
+        )
+    if conflicts:
+        return FindingResult(
+            UNKNOWN,
+            _sorted_refs(conflicts),
+            "conflict: records of one sign at the same time say present and absent ("
+            + "; ".join(_describe(f) for f in conflicts)
+            + ")",
+            tuple(conflicts),
+            conflict=True,
+        )
+    if absent:
+        return FindingResult(
+            ABSENT,
+            _sorted_refs(absent),
+            "recorded absent: " + "; ".join(sorted({_describe(f) for f in absent})),
+            tuple(absent),
+        )
+    return FindingResult(UNKNOWN, (), _unknown_reason(ctx, spec))
 
 
 def _unknown_reason(ctx: Context, spec: Mapping[str, Any]) -> str:
@@ -429,7 +484,7 @@ def rule_diagnosis(ctx: Context, spec: Mapping[str, Any], rej: Rejections) -> Fi
         return FindingResult(PRESENT, via.evidence, f"{other} present: {via.reason}", via.deciding)
     if unconfirmed:
         for fact in resolved:
-            rej.add(fact, f"clinicalStatus {fact.clinical}")
+            rej.add(fact, f"clinicalStatus {fact.supporting_status}")
         return FindingResult(
             UNKNOWN,
             _sorted_refs(unconfirmed),
@@ -527,6 +582,7 @@ def flag_coded(ctx: Context, spec: Mapping[str, Any], rej: Rejections) -> FlagRe
     Observations: value Present/true/none; state-type within the window, newest per code deciding.
     """
     history = spec["type"] == "history"
+    block = spec["level"] == "block"
     window = "state_flag"
     days = ctx.criteria.window(window)
     active = set(ctx.data["reading"]["condition_clinical_active"])
@@ -534,10 +590,10 @@ def flag_coded(ctx: Context, spec: Mapping[str, Any], rej: Rejections) -> FlagRe
     for fact in ctx.facts.of(spec["valueset"], "Condition"):
         if history or fact.clinical in active:
             counted.append(fact)
-        elif fact.clinical is None:
+        elif fact.clinical is None:  # abatement never removes a flag: only the dates decide
             recent = fact.when or _recorded(fact)
-            if recent is not None and recent.last >= ctx.as_of - timedelta(days=days):
-                counted.append(fact)
+            if recent is None or recent.last >= ctx.as_of - timedelta(days=days):
+                counted.append(fact)  # undated: its currency cannot be decided, so it counts
             else:
                 rej.add(
                     fact, f"no clinicalStatus and onset/recordedDate not within {days} days (state-type flag)"
@@ -546,10 +602,15 @@ def flag_coded(ctx: Context, spec: Mapping[str, Any], rej: Rejections) -> FlagRe
             rej.add(fact, f"clinicalStatus {fact.clinical} (state-type flag counts only when current)")
     groups: dict[str, list[Fact]] = {}
     for fact in ctx.facts.of(spec["valueset"], "Observation"):
-        if fact.preliminary:
+        if fact.preliminary and not counts_preliminary(ctx, block, fact):
             rej.add(fact, "status preliminary: listed, never decides")
         elif fact.polarity is None:
             rej.add(fact, f"says nothing: {fact.note}")
+        elif not history and fact.when is None:
+            if fact.polarity == PRESENT:
+                counted.append(fact)  # its currency cannot be decided: safety first
+            else:
+                rej.add(fact, "no effective time or issued date")
         elif not history and ctx.outside(fact, window):
             rej.add(fact, ctx.outside(fact, window, "state-type red-flag") or "")
         else:
@@ -568,7 +629,13 @@ def flag_coded(ctx: Context, spec: Mapping[str, Any], rej: Rejections) -> FlagRe
     if len(counted) > 1:
         reason += f" (+{len(counted) - 1} more)"
     return FlagResult(
-        spec["id"], spec["level"], spec["title"], _sorted_refs(counted), reason, spec.get("source", "")
+        spec["id"],
+        spec["level"],
+        spec["title"],
+        _sorted_refs(counted),
+        reason,
+        spec.get("source", ""),
+        preliminary=_preliminary(counted),
     )
 
 
@@ -701,9 +768,11 @@ def op_pain_after_last_procedure(ctx: Context, p: Mapping[str, Any], rej: Reject
     done = [f for f in _completed(ctx, {**p, "dated": True}, rej) if f.when is not None]
     if not done or ctx.pain is None or ctx.pain.fact.when is None:
         return Outcome(False, "no pain score after the last procedure")
-    last = max(done, key=lambda f: (f.sort_time, f.ref))
+    last = max(done, key=lambda f: (f.when.end if f.when else f.sort_time, f.ref))
     assert last.when is not None
-    after = ctx.pain.fact.when.start > last.when.start
+    # strictly after: the pain score's interval starts once the procedure's has ended (a date-only
+    # procedure on the day of the score is not known to precede it)
+    after = ctx.pain.fact.when.start >= last.when.end
     ok = after and ctx.pain.score >= limit
     where = "after" if after else "not after"
     return Outcome(
@@ -716,13 +785,17 @@ def op_pain_after_last_procedure(ctx: Context, p: Mapping[str, Any], rej: Reject
 @setting_aside
 def op_medication_taken(ctx: Context, p: Mapping[str, Any], rej: Rejections) -> Outcome:
     statuses: Mapping[str, Sequence[str]] = p["statuses"]
+    intents: Mapping[str, Sequence[str]] = p.get("intents", {})  # 1.1.0: a request must be an order
     hits: list[Fact] = []
     for rtype, allowed in sorted(statuses.items()):
         for fact in ctx.facts.of(p["valueset"], rtype):
-            if fact.status in allowed:
-                hits.append(fact)
-            else:
+            intent = fj.as_str(fact.resource.get("intent"))
+            if fact.status not in allowed:
                 rej.add(fact, f"status {fact.status or 'missing'}")
+            elif rtype in intents and intent not in intents[rtype]:
+                rej.add(fact, f"intent {intent or 'missing'} (not an order)")
+            else:
+                hits.append(fact)
     return Outcome(
         bool(hits), f"{len(hits)} NSAID record(s)" if hits else "no NSAID record", _sorted_refs(hits)
     )
@@ -781,9 +854,10 @@ def pain_score(ctx: Context, element: Mapping[str, Any], spec: Mapping[str, Any]
     if "valueQuantity" in element:
         qty = fj.as_dict(element["valueQuantity"]) or {}
         value = qty.get("value")
-        for unit in (qty.get("code"), qty.get("unit")):
-            if unit is not None and unit not in spec["units"]:
-                return None, f"malformed: pain score unit {unit!r} (expected none, '1' or '{{score}}')"
+        # the UCUM code decides when it is given; unit is then display text (Quantity, R4 datatypes)
+        unit = qty.get("code") if qty.get("code") is not None else qty.get("unit")
+        if unit is not None and unit not in spec["units"]:
+            return None, f"malformed: pain score unit {unit!r} (expected none, '1' or '{{score}}')"
     elif "valueInteger" in element:
         value = element["valueInteger"]
     elif "valueCodeableConcept" in element:

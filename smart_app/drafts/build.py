@@ -1,8 +1,8 @@
 """The drafts written back to the EHR, as one FHIR R4 transaction Bundle
 (docs/auditors.md#what-a-write-looks-like).
 
-From an assessment (``Assessment.to_json()``, docs/clinical-criteria.md#the-assessment) this builds: the app
-Device (conditional create on its identifier), the assessment as a ClinicalImpression (status
+From an assessment (``Assessment.to_json()``, docs/clinical-criteria.md#assessment-output) this builds: the
+app Device (conditional create on its identifier), the assessment as a ClinicalImpression (status
 ``in-progress``) or, per EHR registration, a DocumentReference (docStatus ``preliminary``), a ServiceRequest
 (status ``draft``, intent ``proposal``) only when there is a procedure suggestion, one DetectedIssue per red
 flag, and a Provenance targeting all drafts (:mod:`smart_app.drafts.provenance`).
@@ -77,7 +77,8 @@ class DraftingError(ValueError):
 
 
 def app_version() -> str:
-    """The version of the software that drafts (the Device's ``version``)."""
+    """The version of the software that drafts: the Provenance's back-mice-software-version extension
+    (per write) and the ``version`` of the Device when this write creates it."""
     return __version__
 
 
@@ -328,14 +329,22 @@ class _Builder:
         )
 
     def assessment_text(self) -> tuple[list[str], list[str]]:
+        """The narrative: the assessment's opening sentence first (from criteria 1.1.0 it states the
+        classification; docs/clinical-criteria.md#what-the-app-writes), then the coded conclusion in
+        words, the criteria, the basis, the unread types and the rest of the summary. An assessment
+        without an opening (written by hand, or by an older app) opens with its headline."""
         a = self.a
+        opening = str(a.get("opening") or "")
+        summary = str(a.get("summary") or "")
+        if opening and summary.startswith(opening):
+            summary = summary[len(opening) :].lstrip()
         paragraphs = [
-            str(a.get("headline") or ""),
+            opening or str(a.get("headline") or ""),
             f"Classification: {a.get('classification')}; next step: {a.get('next_step')}.",
             f"Criteria {self.criteria}, evaluated at {self.as_of}.",
             basis_text(self.checklist, a.get("red_flags") or []),
             unavailable_sentence({"resource_type": t, "reason": r} for t, r in self.unavailable),
-            str(a.get("summary") or ""),
+            summary,
         ]
         items = [
             f"{row.get('title') or row.get('finding')}: {row.get('status')} — {row.get('reason') or ''}"
@@ -542,6 +551,7 @@ class _Builder:
             policy=self.criteria,
             device=self.device_url,
             author=self.author,
+            software_version=app_version(),
         )
         who = self.author or "the app (no user in the launch context)"
         resource["meta"] = _draft_meta(
@@ -550,7 +560,7 @@ class _Builder:
         resource["text"] = _narrative(
             [
                 f"Drafts created by decision support for {self.patient}, criteria {self.criteria}.",
-                f"Author: {who}; assembled by the back mice decision-support app.",
+                f"Author: {who}; assembled by the back mice decision-support app, version {app_version()}.",
             ],
             [f"Source: {e['what']['reference']}" for e in resource.get("entity", [])],
         )

@@ -4,7 +4,9 @@ One Provenance per write-back targets every drafted resource. ``agent``: the cli
 ``fhirUser`` as author when known, and the app Device as assembler (and as author when no user is known).
 ``entity``: every source resource of the assessment with role ``derivation``, as a version-specific
 reference (``Type/id/_history/v``) when the server gave ``meta.versionId``. ``reason`` AIAST and
-``activity`` CREATE follow HL7's AI Transparency on FHIR labelling.
+``activity`` CREATE follow HL7's AI Transparency on FHIR labelling. The back-mice-software-version
+extension names the version of the app that concluded, per write: the Device is created once on its
+identifier, so its ``version`` stays that of the first write (docs/clinical-criteria.md#what-the-app-writes).
 """
 
 from __future__ import annotations
@@ -13,7 +15,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from smart_app.fhirjson import Ref
-from smart_app.vocabulary import AIAST, PROVENANCE_PARTICIPANT_TYPE, V3_DATA_OPERATION
+from smart_app.vocabulary import (
+    AIAST,
+    PROVENANCE_PARTICIPANT_TYPE,
+    SOFTWARE_VERSION_EXTENSION,
+    V3_DATA_OPERATION,
+)
 
 
 def versioned_reference(reference: str, version_id: str | None) -> str:
@@ -44,6 +51,16 @@ def _agent(code: str, display: str, who: str) -> dict[str, Any]:
     }
 
 
+def software_version_of(provenance: Mapping[str, Any]) -> str | None:
+    """The app version a Provenance names in its back-mice-software-version extension; ``None`` for a
+    write made before the extension existed (app 0.1.0)."""
+    for ext in provenance.get("extension") or []:
+        if isinstance(ext, dict) and ext.get("url") == SOFTWARE_VERSION_EXTENSION:
+            value = ext.get("valueString")
+            return value if isinstance(value, str) and value else None
+    return None
+
+
 def provenance_resource(
     *,
     targets: Sequence[str],
@@ -52,11 +69,13 @@ def provenance_resource(
     policy: str,
     device: str,
     author: str | None,
+    software_version: str,
 ) -> dict[str, Any]:
     """The Provenance body (without meta, text and the Bundle entry around it)."""
     agents = [_agent("author", "Author", author or device), _agent("assembler", "Assembler", device)]
     resource: dict[str, Any] = {
         "resourceType": "Provenance",
+        "extension": [{"url": SOFTWARE_VERSION_EXTENSION, "valueString": software_version}],
         "target": [{"reference": t} for t in targets],
         "recorded": recorded,
         "policy": [policy],

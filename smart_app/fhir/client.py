@@ -285,6 +285,37 @@ class FhirClient:
         """All pages of ``search`` as one list."""
         return list(self.search(resource_type, params, notes=notes))
 
+    def history(self, resource_type: str, resource_id: str) -> list[dict[str, Any]]:
+        """FHIR R4 http.html#history: every version of one resource, ``GET [base]/[type]/[id]/_history``,
+        in the server's order (newest first) across ``next`` pages under the base; entries without a
+        resource (deletions) are skipped."""
+        _check_type(resource_type)
+        if not _ID_RE.fullmatch(resource_id):
+            raise ValueError("resource id is not a valid FHIR id")
+        url = f"{self.base_url}/{resource_type}/{resource_id}/_history"
+        versions: list[dict[str, Any]] = []
+        seen = {url}
+        for _ in range(self.max_pages):
+            response = self._request("GET", url)
+            entries, next_url = self._parse_search_bundle(
+                self._json_body(response), resource_type, response.status
+            )
+            versions += [
+                r
+                for r in _entry_resources(entries, resource_type, None)
+                if r["resourceType"] == resource_type
+            ]
+            absolute = urljoin(self.base_url + "/", next_url) if next_url else None
+            if absolute is None or absolute in seen:
+                break
+            if not self._is_under_base(absolute):
+                raise ForeignLinkError(
+                    f"{resource_type} history: the next-page link points outside the FHIR base"
+                )
+            seen.add(absolute)
+            url = absolute
+        return versions
+
     def capabilities(self) -> dict[str, Any]:
         """FHIR R4 http.html#capabilities: ``GET [base]/metadata``."""
         response = self._request("GET", f"{self.base_url}/metadata")

@@ -18,8 +18,9 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 
-from smart_app.smart.errors import DiscoveryError, IdTokenError
-from smart_app.smart.registrations import normalise_iss
+from smart_app.smart import wire
+from smart_app.smart.errors import DiscoveryError, IdTokenError, UntrustedEndpoint
+from smart_app.smart.registrations import Registration, normalise_iss
 
 log = logging.getLogger("smart_app.smart")
 
@@ -101,7 +102,7 @@ class Discovery:
             cached = self._jwks.get(uri)
         if cached and not refresh and now - cached[0] < self.ttl:
             return cached[1]
-        data, problem = self._get_json(uri)
+        data, problem = self._get_json(uri, wire.JWKS_MAX_BYTES)
         if data is None or not isinstance(data.get("keys"), list):
             raise IdTokenError(f"The EHR's signing keys at {uri} could not be read: {problem or 'no keys'}.")
         with self._lock:
@@ -110,17 +111,17 @@ class Discovery:
 
     def _discover(self, iss: str) -> SmartConfiguration:
         well_known = f"{iss}/.well-known/smart-configuration"
-        data, problem = self._get_json(well_known)
+        data, problem = self._get_json(well_known, wire.SMART_CONFIGURATION_MAX_BYTES)
         if data is not None:
-            config, problem = _from_smart_configuration(iss, data)
+            config, problem = from_smart_configuration(iss, data)
             if config is not None:
                 log.info("SMART configuration discovered for %s", iss)
                 return config
         first_problem = f"{well_known} {problem}"
         metadata = f"{iss}/metadata"
-        data, problem = self._get_json(metadata)
+        data, problem = self._get_json(metadata, wire.CAPABILITY_STATEMENT_MAX_BYTES)
         if data is not None:
-            config, problem = _from_capability_statement(iss, data)
+            config, problem = from_capability_statement(iss, data)
             if config is not None:
                 log.info("SMART endpoints for %s taken from the CapabilityStatement", iss)
                 return config
@@ -129,28 +130,10 @@ class Discovery:
             f"The EHR's SMART configuration could not be read: {first_problem}; {metadata} {problem}."
         )
 
-    def _get_json(self, url: str) -> tuple[dict[str, Any] | None, str | None]:
-        """GET ``url`` as JSON: ``(object, None)`` or ``(None, reason)``."""
-        try:
-            response = self.http.get(
-                url,
-                headers={"Accept": "application/json"},
-                timeout=self.timeout,
-                allow_redirects=True,
-            )
-        except requests.Timeout:
-            return None, "timed out"
-        except requests.RequestException as exc:
-            return None, f"could not be reached ({exc.__class__.__name__})"
-        if response.status_code != 200:
-            return None, f"answered HTTP {response.status_code}"
-        try:
-            data = response.json()
-        except ValueError:
-            return None, "did not answer with JSON"
-        if not isinstance(data, dict):
-            return None, "did not answer with a JSON object"
-        return data, None
+    def _get_json(self, url: str, max_bytes: int) -> tuple[dict[str, Any] | None, str | None]:
+        """GET ``url`` as a JSON object, bounded in size and time: ``(object, None)`` or
+        ``(None, reason)``."""
+        return wire.get_json(self.http, url, max_bytes=max_bytes, timeout=self.timeout)
 
 
 def _strings(value: Any) -> tuple[str, ...]:
@@ -171,9 +154,11 @@ def _endpoint(iss: str, value: Any) -> str | None:
     return url
 
 
-def _from_smart_configuration(
+def from_smart_configuration(
     iss: str, data: Mapping[str, Any]
 ) -> tuple[SmartConfiguration | None, str | None]:
+    """A ``.well-known/smart-configuration`` document as a configuration, or why it is unusable; raises
+    ``DiscoveryError`` when it lists PKCE methods without S256."""
     authorize = _endpoint(iss, data.get("authorization_endpoint"))
     token = _endpoint(iss, data.get("token_endpoint"))
     if authorize is None or token is None:
@@ -208,9 +193,10 @@ def _from_smart_configuration(
     )
 
 
-def _from_capability_statement(
+def from_capability_statement(
     iss: str, data: Mapping[str, Any]
 ) -> tuple[SmartConfiguration | None, str | None]:
+    """The ``oauth-uris`` extension of a CapabilityStatement as a configuration, or why it is unusable."""
     if data.get("resourceType") != "CapabilityStatement":
         return None, "is not a CapabilityStatement"
     uris: dict[str, str] = {}
@@ -239,3 +225,62 @@ def _from_capability_statement(
         ),
         None,
     )
+
+
+_CHECKED_ENDPOINTS = (
+    ("authorization_endpoint", "authorization endpoint"),
+    ("token_endpoint", "token endpoint"),
+    ("jwks_uri", "signing keys (jwks_uri)"),
+)
+
+
+def check_endpoints(reg: Registration, config: SmartConfiguration, *, refuse_foreign: bool) -> list[str]:
+    """Hold discovery to the registration before anything is sent to the endpoints it names (the token
+    endpoint receives the authorization code, the PKCE verifier and the client's credentials).
+
+    - An endpoint the registration pins must be named exactly; otherwise the launch is refused.
+    - Endpoints on another origin than the ``iss`` and its ``auth_origins`` are logged and returned as
+      sentences; with ``refuse_foreign`` the launch is refused instead.
+    """
+    for name, label in _CHECKED_ENDPOINTS[:2]:
+        pinned = getattr(reg, name)
+        named = getattr(config, name)
+        if pinned is not None and named != pinned:
+            log.warning(
+                "Launch with %s refused: discovery names the %s at %s, the registration pins %s",
+                reg.name,
+                label,
+                wire.origin(named) or "an unusable URL",
+                wire.origin(pinned),
+            )
+            raise UntrustedEndpoint(
+                f"{reg.name}'s SMART configuration names a {label} other than the one registered for the "
+                "app, so nothing was sent to it. Ask the EHR's administrator whether the endpoint moved, "
+                "then update the registration.",
+                ehr_name=reg.name,
+            )
+    trusted = {wire.origin(reg.iss), *(wire.origin(o) for o in reg.auth_origins)}
+    foreign = [
+        f"{label} at {wire.origin(url) or 'an unusable URL'}"
+        for name, label in _CHECKED_ENDPOINTS
+        if (url := getattr(config, name))
+        and getattr(reg, name, None) is None
+        and wire.origin(url) not in trusted
+    ]
+    if not foreign:
+        return []
+    log.warning(
+        "SMART configuration of %s names endpoints on another origin than its FHIR base and the "
+        "registration's auth_origins: %s",
+        reg.name,
+        "; ".join(foreign),
+    )
+    if refuse_foreign:
+        raise UntrustedEndpoint(
+            f"{reg.name}'s SMART configuration names endpoints on another site than its FHIR server "
+            f"({'; '.join(foreign)}), and the app's registration does not trust that site, so nothing was "
+            "sent there. The EHR's administrator can confirm the site; the app's administrator then adds "
+            "it to the registration (auth_origins or the pinned endpoints).",
+            ehr_name=reg.name,
+        )
+    return foreign

@@ -18,6 +18,8 @@ class SmartError(Exception):
     status: int = 500
     #: default text that is safe to show and log
     description: str = "The SMART launch could not be completed."
+    #: the EHR's own words (an OAuth ``error_description``), cleaned by ``smart_app.smart.wire.ehr_text``
+    ehr_description: str | None = None
 
     def __init__(self, description: str | None = None, *, ehr_name: str | None = None) -> None:
         if description is not None:
@@ -53,6 +55,13 @@ class DiscoveryError(SmartError):
     description = "The EHR's SMART configuration could not be read."
 
 
+class UntrustedEndpoint(DiscoveryError):
+    """Discovery names an authorization or token endpoint the registration does not trust."""
+
+    error = "untrusted_endpoint"
+    description = "The EHR's SMART configuration names an endpoint the app's registration does not trust."
+
+
 class StateError(SmartError):
     """The ``state`` of a callback is missing, unknown, expired or already used (RFC 6749 section 10.12)."""
 
@@ -77,9 +86,11 @@ class AuthorizationError(SmartError):
         *,
         ehr_name: str | None = None,
         oauth_error: str = "server_error",
+        ehr_description: str | None = None,
     ) -> None:
         super().__init__(description, ehr_name=ehr_name)
         self.oauth_error = oauth_error
+        self.ehr_description = ehr_description
         if oauth_error == "access_denied":
             self.status = 403
 
@@ -98,10 +109,12 @@ class TokenError(SmartError):
         ehr_name: str | None = None,
         oauth_error: str | None = None,
         http_status: int | None = None,
+        ehr_description: str | None = None,
     ) -> None:
         super().__init__(description, ehr_name=ehr_name)
         self.oauth_error = oauth_error
         self.http_status = http_status
+        self.ehr_description = ehr_description
 
 
 class LaunchContextError(TokenError):

@@ -8,6 +8,8 @@ several audiences), ``exp``/``iat`` and ``nonce``.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
 import hmac
 import logging
@@ -19,6 +21,7 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
+from smart_app import fhirjson as fj
 from smart_app.smart.discovery import Discovery, SmartConfiguration
 from smart_app.smart.errors import IdTokenError
 
@@ -26,6 +29,8 @@ log = logging.getLogger("smart_app.smart")
 
 ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384")
 LEEWAY_SECONDS = 60
+#: Longest id_token accepted (a compact JWS; real ones are a few kilobytes).
+MAX_ID_TOKEN_CHARS = 64 * 1024
 
 
 def validate_id_token(
@@ -46,6 +51,9 @@ def validate_id_token(
         log.warning("id_token from %s rejected: %s", name, check)
         return IdTokenError(f"{name}'s identity token was rejected: {check}.", ehr_name=ehr_name)
 
+    problem = _unusable_parts(id_token)
+    if problem is not None:
+        raise fail(problem)
     try:
         key_set = KeySet.import_key_set(dict(jwks))  # type: ignore[arg-type]
     except (JoseError, ValueError, TypeError, KeyError):
@@ -80,6 +88,27 @@ def validate_id_token(
         if not isinstance(got, str) or not hmac.compare_digest(got.encode(), nonce.encode()):
             raise fail("the nonce does not match this launch")
     return claims
+
+
+def _unusable_parts(id_token: str) -> str | None:
+    """Why the compact JWS cannot be an id_token, checked before any JOSE library parses it: its size,
+    its three parts, and the header and claims decoded by the guarded JSON decoder (so a deeply nested
+    document is refused with a reason, never a recursion error); ``None`` when it may be checked."""
+    if len(id_token) > MAX_ID_TOKEN_CHARS:
+        return f"it is longer than {MAX_ID_TOKEN_CHARS:,} characters"
+    parts = id_token.split(".")
+    if len(parts) != 3:
+        return "it is not a valid signed JWT"
+    for label, part in (("header", parts[0]), ("claims", parts[1])):
+        try:
+            raw = base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+            decoded = fj.decode_json(raw, max_bytes=MAX_ID_TOKEN_CHARS)
+        except (ValueError, binascii.Error) as exc:
+            reason = exc.reason if isinstance(exc, fj.JsonInputError) else "not base64url"
+            return f"its {label} is not usable JSON ({reason})"
+        if not isinstance(decoded, dict):
+            return f"its {label} is not a JSON object"
+    return None
 
 
 def verify_id_token(

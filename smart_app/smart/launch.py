@@ -4,8 +4,9 @@
 A :class:`Launch` lives server-side in a :class:`LaunchStore` under its random ``id``; the browser's
 session only names that id, so tokens never leave the server and a launch is shared by every process
 and host that shares the store. :class:`TokenKeeper` refreshes the access token before it expires, one
-refresh at a time per launch across all of them (the store's lock), and saves a rotated refresh token
-before anyone else can read the old one (docs/architecture.md#launch-and-tokens).
+refresh at a time per launch across all of them (the store's lock), saves a rotated refresh token before
+anyone else can read the old one, and replaces a token the EHR refused with a 401
+(docs/architecture.md#launch-and-tokens).
 """
 
 from __future__ import annotations
@@ -18,11 +19,16 @@ from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
+from smart_app import fhirjson as fj
 from smart_app.smart.errors import RelaunchRequired, SmartError
 from smart_app.smart.scopes import ScopeSet
 from smart_app.smart.token import TokenSet
 
 log = logging.getLogger("smart_app.smart")
+
+
+#: Users who launch the app for themselves or a person they care for (FHIR R4 ``fhirUser`` types).
+PATIENT_FACING_USERS = ("Patient", "RelatedPerson")
 
 
 def new_launch_id() -> str:
@@ -49,6 +55,24 @@ class Launch:
     smart_style_url: str | None = None
     fhir_context: tuple[Mapping[str, Any], ...] = ()
     ehr_launch: bool = True
+    #: When the current access token's request was sent: the start of its ``expires_in``.
+    token_issued_at: float | None = None
+    #: When the keeper refreshes the current access token (``TokenKeeper.refresh_due``).
+    refresh_due_at: float | None = None
+    #: Launched by a patient (a patient-facing registration): read-only, whoever the user is.
+    patient_facing: bool = False
+
+    @property
+    def user_type(self) -> str | None:
+        """The resource type of ``fhir_user`` (``Practitioner``, ``Patient``, ...), relative or absolute."""
+        ref = fj.Ref.parse(self.fhir_user)
+        return ref.type if ref is not None else None
+
+    @property
+    def read_only(self) -> bool:
+        """Patient-facing launches write nothing: a patient or a related person is never the author of
+        a clinical draft (a patient portal, a patient standalone launch, a patient-facing registration)."""
+        return self.patient_facing or self.user_type in PATIENT_FACING_USERS
 
     @property
     def fhir_base(self) -> str:
@@ -79,7 +103,7 @@ class Launch:
             return None
         return launch
 
-    def refreshed(self, tokens: TokenSet) -> Launch:
+    def refreshed(self, tokens: TokenSet, refresh_due_at: float | None) -> Launch:
         """This launch with the tokens of a refresh. A server that does not rotate refresh tokens sends
         none, and the old one stays valid (SMART App Launch 2.x, "Refresh access token")."""
         return replace(
@@ -88,6 +112,8 @@ class Launch:
             expires_at=tokens.expires_at,
             refresh_token=tokens.refresh_token or self.refresh_token,
             scope=str(tokens.scope) if tokens.scope.scopes else self.scope,
+            token_issued_at=tokens.issued_at,
+            refresh_due_at=refresh_due_at,
         )
 
 
@@ -106,15 +132,23 @@ class LaunchStore(Protocol):
 
 
 Refresher = Callable[[Launch], TokenSet]
+#: Refreshes tried in a row when the EHR answers with a token already at its expiry (``expires_in`` 0).
+EXPIRED_REFRESHES = 3
 
 
 class TokenKeeper:
     """The refresh policy of one launch (SMART App Launch 2.x, "Refresh access token").
 
-    - A token is used until ``leeway`` seconds before it expires; then one sharer refreshes while the
-      others wait on the store's lock and take the refreshed token from the store.
-    - A failed refresh keeps the current token until it expires (then: relaunch).
-    - No refresh token and an expired access token: relaunch.
+    - A token is refreshed ``leeway`` seconds before it expires, or halfway through its lifetime when
+      that is shorter than twice the leeway (so a 20 s token is refreshed once, after 10 s, not on every
+      request). One sharer refreshes while the others wait on the store's lock and then take the
+      refreshed token from the store; a rotated refresh token is saved before the lock is released.
+    - When a refresh returns the same access token again (some EHRs answer refreshes that arrive close
+      together so), it is used until it expires and refreshed then.
+    - A token is never used at or past its expiry: then a refresh must succeed, or the clinician
+      relaunches. A failed refresh before the expiry keeps the current token until then.
+    - A token the EHR refuses (HTTP 401) is replaced by one refresh (:meth:`replace_rejected`); without
+      a refresh token, or if the refresh fails, the clinician relaunches.
     """
 
     def __init__(
@@ -130,24 +164,42 @@ class TokenKeeper:
         self.leeway = leeway
         self.clock = clock
 
+    def refresh_due(self, tokens: TokenSet, *, same_token: bool = False) -> float | None:
+        """When to refresh ``tokens``: ``None`` without an expiry; at the expiry for a token the EHR sent
+        again; else ``min(leeway, lifetime / 2)`` before the expiry."""
+        if tokens.expires_at is None:
+            return None
+        if same_token:
+            return tokens.expires_at
+        lifetime = tokens.expires_at - tokens.issued_at if tokens.issued_at is not None else None
+        leeway = self.leeway if lifetime is None else min(self.leeway, max(0.0, lifetime) / 2)
+        return tokens.expires_at - leeway
+
     def _due(self, launch: Launch, now: float) -> bool:
-        return launch.expires_at is not None and now >= launch.expires_at - self.leeway
+        if launch.expires_at is None:
+            return False
+        due_at = (
+            launch.refresh_due_at if launch.refresh_due_at is not None else launch.expires_at - self.leeway
+        )
+        return now >= min(due_at, launch.expires_at)
 
     @staticmethod
     def _expired(launch: Launch, now: float) -> bool:
         return launch.expires_at is not None and now >= launch.expires_at
 
-    def access_token(self, launch_id: str) -> str:
-        """A usable access token of the launch, refreshed first when it is due."""
+    def _load(self, launch_id: str) -> Launch:
         launch = self.store.load(launch_id)
         if launch is None:
             raise RelaunchRequired()
+        return launch
+
+    def access_token(self, launch_id: str) -> str:
+        """A usable access token of the launch, refreshed first when it is due."""
+        launch = self._load(launch_id)
         if not self._due(launch, self.clock()):
             return launch.access_token
         with self.store.lock(launch_id):
-            launch = self.store.load(launch_id)  # another sharer may have refreshed meanwhile
-            if launch is None:
-                raise RelaunchRequired()
+            launch = self._load(launch_id)  # another sharer may have refreshed meanwhile
             now = self.clock()
             if not self._due(launch, now):
                 return launch.access_token
@@ -155,19 +207,63 @@ class TokenKeeper:
                 if not self._expired(launch, now):
                     return launch.access_token
                 raise self._relaunch(launch, "the access token expired and there is no refresh token")
+            for _ in range(EXPIRED_REFRESHES):
+                try:
+                    tokens = self.refresher(launch)
+                except SmartError as exc:
+                    if not self._expired(launch, now):
+                        log.warning(
+                            "Token refresh failed (%s); using the current token until it expires", exc.error
+                        )
+                        self.store.save(replace(launch, refresh_token=None))
+                        return launch.access_token
+                    raise self._relaunch(launch, f"the token refresh failed ({exc.error})") from None
+                token = self._keep(launch, tokens, "due")
+                launch, now = self._load(launch_id), self.clock()
+                if not self._expired(launch, now):
+                    return token
+            raise self._relaunch(launch, "the EHR's refreshed access token had already expired")
+
+    def replace_rejected(self, launch_id: str, rejected: str) -> str:
+        """A new access token for a launch whose token ``rejected`` the EHR refused (HTTP 401): the one
+        another sharer already obtained, else one refresh now. Raises :class:`RelaunchRequired` when no
+        refresh is possible or the refresh fails."""
+        with self.store.lock(launch_id):
+            launch = self._load(launch_id)
+            if launch.access_token != rejected:
+                return launch.access_token
+            if not launch.refresh_token:
+                raise self._relaunch(launch, "the EHR refused the access token and there is no refresh token")
             try:
                 tokens = self.refresher(launch)
             except SmartError as exc:
-                if not self._expired(launch, now):
-                    log.warning(
-                        "Token refresh failed (%s); using the current token until it expires", exc.error
-                    )
-                    self.store.save(replace(launch, refresh_token=None))
-                    return launch.access_token
-                raise self._relaunch(launch, f"the token refresh failed ({exc.error})") from None
-            refreshed = launch.refreshed(tokens)
-            self.store.save(refreshed)
-            return refreshed.access_token
+                raise self._relaunch(
+                    launch, f"the EHR refused the access token and the refresh failed ({exc.error})"
+                ) from None
+            if tokens.access_token == rejected:
+                raise self._relaunch(
+                    launch, "the EHR refused the access token and its refresh returned it again"
+                )
+            return self._keep(launch, tokens, "after the EHR refused the previous one")
+
+    def end(self, launch_id: str, why: str) -> RelaunchRequired:
+        """Forget the launch (the EHR no longer accepts its tokens); the error to raise."""
+        launch = self.store.load(launch_id)
+        if launch is None:
+            return RelaunchRequired()
+        return self._relaunch(launch, why)
+
+    def _keep(self, launch: Launch, tokens: TokenSet, why: str) -> str:
+        same = tokens.access_token == launch.access_token
+        refreshed = launch.refreshed(tokens, self.refresh_due(tokens, same_token=same))
+        self.store.save(refreshed)
+        log.info(
+            "Access token of a launch with %s refreshed (%s)%s",
+            launch.ehr_name or launch.iss,
+            why,
+            "; the EHR sent the same token again, used until it expires" if same else "",
+        )
+        return refreshed.access_token
 
     def _relaunch(self, launch: Launch, why: str) -> RelaunchRequired:
         log.warning("Relaunch required for %s: %s", launch.ehr_name or launch.iss, why)

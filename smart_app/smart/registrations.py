@@ -3,22 +3,28 @@
 A registration records what the EHR's authorization server knows about the app (SMART App Launch
 2.x, "Registering a SMART App with an EHR"): the FHIR base URL (``iss``), the ``client_id``, how the
 client authenticates ("Client Authentication": public, confidential symmetric, confidential
-asymmetric), the scopes to ask for, the EHR origins that may frame the app, and write-back options.
-Fields are documented in ``launch/registrations/README.md``. Client secrets are never stored in the
-file: ``client_secret_env`` names the environment variable read when the secret is used.
+asymmetric), the scopes to ask for, the EHR origins that may frame the app, write-back options, and
+optionally the authorization server's endpoints or origins it trusts. Fields are documented in
+``launch/registrations/README.md``. Client secrets are never stored in the file: ``client_secret_env``
+names the environment variable read when the secret is used.
+
+One EHR (one ``iss``) may have several registrations, e.g. a public, a symmetric and an asymmetric
+client: each has its own ``id``, and a launch chooses one by its launch URL (``/launch/<id>``) or by
+``client_id`` (:meth:`RegistrationRegistry.choose`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
-from smart_app.smart.errors import RegistrationError
+from smart_app.smart.errors import RegistrationError, UnknownIssuer
 from smart_app.smart.scopes import ScopeSyntax, check_scope, scope_words
 
 ClientType = Literal["public", "confidential-symmetric", "confidential-asymmetric"]
@@ -26,6 +32,8 @@ CLIENT_TYPES: tuple[str, ...] = ("public", "confidential-symmetric", "confidenti
 SIGNING_ALGORITHMS: tuple[str, ...] = ("RS384", "ES384")
 WRITEBACK_MODES: tuple[str, ...] = ("transaction", "sequential")
 ASSESSMENT_RESOURCES: tuple[str, ...] = ("ClinicalImpression", "DocumentReference")
+#: A registration id is a path segment of its launch URL (``/launch/<id>``).
+_REGISTRATION_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 _FIELDS = frozenset(
     {
@@ -41,6 +49,10 @@ _FIELDS = frozenset(
         "frame_ancestors",
         "writeback",
         "description",
+        "authorization_endpoint",
+        "token_endpoint",
+        "auth_origins",
+        "patient_facing",
     }
 )
 
@@ -68,6 +80,14 @@ class Registration:
     frame_ancestors: tuple[str, ...] = ()
     writeback: WritebackOptions = field(default_factory=WritebackOptions)
     signing_alg: str = "RS384"
+    #: Pinned endpoints: discovery must name exactly these, or the launch is refused.
+    authorization_endpoint: str | None = None
+    token_endpoint: str | None = None
+    #: Origins besides the ``iss`` origin where the EHR's authorization server may be (e.g. a separate
+    #: authorization host), as ``scheme://host[:port]``.
+    auth_origins: tuple[str, ...] = ()
+    #: A patient portal (or any launch by patients): the app is read-only, whoever the user is.
+    patient_facing: bool = False
     source: Path | None = field(default=None, compare=False)
 
     @property
@@ -100,33 +120,76 @@ def normalise_iss(iss: str) -> str:
 
 
 class RegistrationRegistry:
-    """All registrations, looked up by ``iss`` or ``id``."""
+    """All registrations, looked up by ``id``, or by ``iss`` and ``client_id``."""
 
     def __init__(self, registrations: Iterable[Registration] = ()) -> None:
         self._by_id: dict[str, Registration] = {}
-        self._by_iss: dict[str, Registration] = {}
+        self._by_iss: dict[str, list[Registration]] = {}
         for reg in registrations:
             self.add(reg)
 
     def add(self, reg: Registration) -> None:
-        """Add one registration; ids and issuers must be unique."""
+        """Add one registration; ids are unique, and so is each (``iss``, ``client_id``) pair."""
         where = f" ({reg.source})" if reg.source else ""
         if reg.id in self._by_id:
             other = self._by_id[reg.id].source
             raise RegistrationError(f"Duplicate registration id {reg.id!r}{where}; also in {other}.")
         key = normalise_iss(reg.iss)
-        if key in self._by_iss:
-            other = self._by_iss[key].source
-            raise RegistrationError(f"Duplicate iss {reg.iss!r}{where}; also registered in {other}.")
+        for other_reg in self._by_iss.get(key, []):
+            if other_reg.client_id == reg.client_id:
+                raise RegistrationError(
+                    f"Duplicate client_id {reg.client_id!r} for iss {reg.iss!r}{where}; also registered "
+                    f"in {other_reg.source or other_reg.id}."
+                )
         self._by_id[reg.id] = reg
-        self._by_iss[key] = reg
+        self._by_iss.setdefault(key, []).append(reg)
+
+    def for_iss(self, iss: str) -> list[Registration]:
+        """The registrations whose ``iss`` equals ``iss`` exactly, ignoring a trailing slash, by id."""
+        return sorted(self._by_iss.get(normalise_iss(iss), []), key=lambda r: r.id)
 
     def by_iss(self, iss: str) -> Registration | None:
-        """The registration whose ``iss`` equals ``iss`` exactly, ignoring a trailing slash."""
-        return self._by_iss.get(normalise_iss(iss))
+        """The one registration for ``iss``; ``None`` when there is none or there are several."""
+        found = self.for_iss(iss)
+        return found[0] if len(found) == 1 else None
 
     def by_id(self, registration_id: str) -> Registration | None:
         return self._by_id.get(registration_id)
+
+    def choose(
+        self, iss: str | None, *, registration_id: str | None = None, client_id: str | None = None
+    ) -> Registration:
+        """The registration a launch names: by ``registration_id`` (the launch URL ``/launch/<id>``; its
+        ``iss`` must then equal the launch's ``iss`` when one is given), else by ``iss`` and, when several
+        registrations share that ``iss``, by ``client_id``.
+
+        Raises :class:`UnknownIssuer` when nothing matches and :class:`AmbiguousRegistration` when the
+        launch does not say which of several registrations it is for.
+        """
+        if registration_id is not None:
+            reg = self._by_id.get(registration_id)
+            if reg is None:
+                raise UnknownIssuer("This launch URL names no registration of the app, so it was refused.")
+            if iss is not None and normalise_iss(iss) != reg.iss:
+                raise UnknownIssuer(
+                    f"This launch names registration {reg.id!r}, which is for another FHIR server than the "
+                    "one the EHR sent (iss), so it was refused."
+                )
+            if client_id is not None and client_id != reg.client_id:
+                raise UnknownIssuer(
+                    f"This launch names registration {reg.id!r} but another client_id, so it was refused."
+                )
+            return reg
+        if iss is None:
+            raise UnknownIssuer("The launch does not name the EHR's FHIR server (iss).")
+        candidates = self.for_iss(iss)
+        if client_id is not None:
+            candidates = [r for r in candidates if r.client_id == client_id]
+        if not candidates:
+            raise UnknownIssuer()
+        if len(candidates) > 1:
+            raise AmbiguousRegistration(candidates)
+        return candidates[0]
 
     def all(self) -> list[Registration]:
         """Every registration, sorted by name."""
@@ -138,6 +201,21 @@ class RegistrationRegistry:
 
     def __len__(self) -> int:
         return len(self._by_id)
+
+
+class AmbiguousRegistration(UnknownIssuer):
+    """Several registrations share the launch's ``iss`` and the launch does not say which one."""
+
+    error = "ambiguous_registration"
+
+    def __init__(self, candidates: Sequence[Registration]) -> None:
+        self.candidates = tuple(candidates)
+        ids = ", ".join(r.id for r in self.candidates)
+        super().__init__(
+            f"The app has several registrations for this EHR ({ids}) and the launch does not say which "
+            "one it is for. The EHR must open the app at /launch/<registration> (or send client_id).",
+            ehr_name=self.candidates[0].name,
+        )
 
 
 def load_registrations(dirs: Sequence[Path | str]) -> RegistrationRegistry:
@@ -262,6 +340,27 @@ def parse_registration(data: Mapping[str, Any], *, source: Path | None = None) -
             f"got {assessment_as!r}"
         )
 
+    pins: dict[str, str | None] = {}
+    for key in ("authorization_endpoint", "token_endpoint"):
+        pinned = text(key, required=False)
+        if pinned is not None:
+            if not _is_http_url(pinned):
+                raise fail(f"field {key!r} must be an absolute http(s) URL, got {pinned!r}")
+            if urlsplit(iss).scheme == "https" and urlsplit(pinned).scheme != "https":
+                raise fail(f"field {key!r} must use https, as the iss does")
+        pins[key] = pinned
+    auth_origins = data.get("auth_origins", [])
+    if not isinstance(auth_origins, list) or not all(isinstance(a, str) for a in auth_origins):
+        raise fail("field 'auth_origins' must be a list of origins")
+    for origin in auth_origins:
+        if not _is_origin(origin):
+            raise fail(f"field 'auth_origins': {origin!r} is not an origin like https://auth.example.org")
+    patient_facing = data.get("patient_facing", False)
+    if not isinstance(patient_facing, bool):
+        raise fail("field 'patient_facing' must be true or false")
+    if not _REGISTRATION_ID.fullmatch(reg_id):
+        raise fail(f"field 'id' must be letters, digits, '.', '_' or '-' (at most 64), got {reg_id!r}")
+
     return Registration(
         id=reg_id,
         name=name,
@@ -274,6 +373,10 @@ def parse_registration(data: Mapping[str, Any], *, source: Path | None = None) -
         frame_ancestors=tuple(o.rstrip("/") for o in ancestors),
         writeback=WritebackOptions(mode=mode, assessment_as=assessment_as),
         signing_alg=signing_alg,
+        authorization_endpoint=pins["authorization_endpoint"],
+        token_endpoint=pins["token_endpoint"],
+        auth_origins=tuple(o.rstrip("/") for o in auth_origins),
+        patient_facing=patient_facing,
         source=source,
     )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import math
 import re
 import secrets
 import time
@@ -20,6 +21,7 @@ from urllib.parse import quote
 
 import requests
 
+from smart_app.smart import wire
 from smart_app.smart.errors import LaunchContextError, RegistrationError, TokenError
 from smart_app.smart.keys import AppKeys
 from smart_app.smart.registrations import Registration
@@ -59,6 +61,8 @@ class TokenSet:
     context: LaunchContext
     refresh_token: str | None = field(default=None, repr=False)
     id_token: str | None = field(default=None, repr=False)
+    #: When the token request was sent: the start of ``expires_in``.
+    issued_at: float | None = None
 
 
 def client_assertion(
@@ -129,8 +133,8 @@ def exchange_code(
         "redirect_uri": redirect_uri,
         "code_verifier": code_verifier,
     }
-    data = _post(reg, token_endpoint, form, http=http, keys=keys, timeout=timeout)
-    tokens = parse_token_response(data, requested_scope=requested_scope, ehr_name=reg.name)
+    data, sent_at = _post(reg, token_endpoint, form, http=http, keys=keys, timeout=timeout)
+    tokens = parse_token_response(data, requested_scope=requested_scope, ehr_name=reg.name, issued_at=sent_at)
     if require_patient and not tokens.context.patient:
         raise LaunchContextError(
             f"{reg.name} did not say which patient the app was launched for (no 'patient' in the token "
@@ -155,8 +159,8 @@ def refresh(
     form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
     if scope:
         form["scope"] = scope
-    data = _post(reg, token_endpoint, form, http=http, keys=keys, timeout=timeout)
-    tokens = parse_token_response(data, requested_scope=scope, ehr_name=reg.name)
+    data, sent_at = _post(reg, token_endpoint, form, http=http, keys=keys, timeout=timeout)
+    tokens = parse_token_response(data, requested_scope=scope, ehr_name=reg.name, issued_at=sent_at)
     log.info("Access token refreshed by %s", reg.name)
     return tokens
 
@@ -169,13 +173,17 @@ def _post(
     http: requests.Session,
     keys: AppKeys | None,
     timeout: Timeout,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], float]:
+    """POST the token request; the JSON object answered and the time the request was sent (the start of
+    the token's lifetime as the app counts it: never later than the EHR's own)."""
     headers = {"Accept": "application/json"}
     _authenticate(reg, token_endpoint, form, headers, keys)
     grant = form["grant_type"]
+    sent_at = time.time()
+    deadline = time.monotonic() + wire.DEADLINE_SECONDS
     try:
         response = http.post(
-            token_endpoint, data=form, headers=headers, timeout=timeout, allow_redirects=False
+            token_endpoint, data=form, headers=headers, timeout=timeout, allow_redirects=False, stream=True
         )
     except requests.Timeout:
         log.warning("Token request (%s) to %s timed out", grant, reg.name)
@@ -183,38 +191,58 @@ def _post(
     except requests.RequestException as exc:
         log.warning("Token request (%s) to %s failed: %s", grant, reg.name, exc.__class__.__name__)
         raise TokenError(f"{reg.name}'s token endpoint could not be reached.", ehr_name=reg.name) from None
-    try:
-        data = response.json()
-    except ValueError:
-        data = None
-    if response.status_code != 200:
-        raw_error = data.get("error") if isinstance(data, dict) else None
-        oauth_error = raw_error if isinstance(raw_error, str) and _ERROR_CODE.match(raw_error) else None
-        log.warning(
-            "Token request (%s) to %s refused: HTTP %s %s",
-            grant,
-            reg.name,
-            response.status_code,
-            oauth_error or "",
-        )
-        # Only the error code is repeated: an error_description could quote the code or a token.
-        reason = f"HTTP {response.status_code}"
-        if oauth_error:
-            reason += f", {oauth_error}"
-        raise TokenError(
-            f"{reg.name}'s token endpoint refused the request ({reason}).",
-            ehr_name=reg.name,
-            oauth_error=oauth_error,
-            http_status=response.status_code,
-        )
-    if not isinstance(data, dict):
-        log.warning("Token request (%s) to %s: response is not a JSON object", grant, reg.name)
-        raise TokenError(
-            f"{reg.name}'s token endpoint did not answer with JSON.",
-            ehr_name=reg.name,
-            http_status=response.status_code,
-        )
-    return data
+    status = response.status_code
+    data, problem = wire.json_body(response, max_bytes=wire.TOKEN_RESPONSE_MAX_BYTES, deadline=deadline)
+    if status != 200:
+        raise _refusal(reg, grant, status, data, _sent_secrets(reg, form))
+    if problem is not None or not isinstance(data, dict):
+        why = problem or "did not answer with a JSON object"
+        log.warning("Token request (%s) to %s: the token endpoint %s", grant, reg.name, why)
+        raise TokenError(f"{reg.name}'s token endpoint {why}.", ehr_name=reg.name, http_status=status)
+    return data, sent_at
+
+
+def _sent_secrets(reg: Registration, form: Mapping[str, str]) -> list[str | None]:
+    """What the request carried that the EHR's error text must never echo onto a page or into a log."""
+    sent: list[str | None] = [
+        form.get(k) for k in ("code", "code_verifier", "refresh_token", "client_assertion")
+    ]
+    if reg.client_type == "confidential-symmetric":
+        try:
+            sent.append(reg.client_secret())
+        except RegistrationError:
+            pass
+    return sent
+
+
+def _refusal(reg: Registration, grant: str, status: int, data: Any, sent: list[str | None]) -> TokenError:
+    """The EHR's refusal (RFC 6749 section 5.2): its ``error`` code and ``error_description``, the latter
+    cleaned (no control characters, nothing the request carried, at most a few hundred characters), on
+    the page and in the log, so an integrator can tell a wrong key from a wrong secret or audience."""
+    raw_error = data.get("error") if isinstance(data, dict) else None
+    oauth_error = raw_error if isinstance(raw_error, str) and _ERROR_CODE.match(raw_error) else None
+    said = wire.ehr_text(data.get("error_description") if isinstance(data, dict) else None, secrets=sent)
+    log.warning(
+        "Token request (%s) to %s refused: HTTP %s %s%s",
+        grant,
+        reg.name,
+        status,
+        oauth_error or "(no OAuth error code)",
+        f": {said}" if said else "",
+    )
+    reason = f"HTTP {status}"
+    if oauth_error:
+        reason += f", {oauth_error}"
+    description = f"{reg.name}'s token endpoint refused the request ({reason})."
+    if said:
+        description += f" The EHR said: {said}"
+    return TokenError(
+        description,
+        ehr_name=reg.name,
+        oauth_error=oauth_error,
+        http_status=status,
+        ehr_description=said or None,
+    )
 
 
 def _optional_str(data: Mapping[str, Any], key: str) -> str | None:
@@ -223,11 +251,16 @@ def _optional_str(data: Mapping[str, Any], key: str) -> str | None:
 
 
 def parse_token_response(
-    data: Mapping[str, Any], *, requested_scope: str | None = None, ehr_name: str | None = None
+    data: Mapping[str, Any],
+    *,
+    requested_scope: str | None = None,
+    ehr_name: str | None = None,
+    issued_at: float | None = None,
 ) -> TokenSet:
     """Read a successful token response (RFC 6749 section 5.1 plus the SMART context parameters).
 
     When ``scope`` is absent the granted scope equals the requested one (RFC 6749 section 5.1).
+    ``expires_in`` counts from ``issued_at`` (when the request was sent; default now).
     """
     name = ehr_name or "The EHR"
     access_token = data.get("access_token")
@@ -236,12 +269,13 @@ def parse_token_response(
     token_type = data.get("token_type")
     if not isinstance(token_type, str) or token_type.lower() != "bearer":
         raise TokenError(f"{name}'s token response has token_type other than Bearer.", ehr_name=ehr_name)
+    start = time.time() if issued_at is None else issued_at
     expires_in = data.get("expires_in")
     expires_at: float | None = None
-    if isinstance(expires_in, int | float) and not isinstance(expires_in, bool):
-        expires_at = time.time() + float(expires_in)
-    elif isinstance(expires_in, str) and expires_in.isdigit():
-        expires_at = time.time() + float(expires_in)
+    if isinstance(expires_in, int | float) and not isinstance(expires_in, bool) and math.isfinite(expires_in):
+        expires_at = start + max(0.0, float(expires_in))
+    elif isinstance(expires_in, str) and expires_in.isdigit() and len(expires_in) <= 12:
+        expires_at = start + float(expires_in)
     granted = data.get("scope")
     scopes = ScopeSet.parse(granted if isinstance(granted, str) else requested_scope)
     fhir_context_raw = data.get("fhirContext")
@@ -270,4 +304,5 @@ def parse_token_response(
         context=context,
         refresh_token=_optional_str(data, "refresh_token"),
         id_token=_optional_str(data, "id_token"),
+        issued_at=start,
     )

@@ -13,6 +13,7 @@ from flask_session import Session
 from flask_wtf.csrf import CSRFProtect
 
 from smart_app import auditlog
+from smart_app.clinical.criteria import default_registry
 from smart_app.config import DEFAULTS, check_config
 
 csrf = CSRFProtect()
@@ -36,10 +37,27 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     if test_config:
         app.config.update(test_config)
     check_config(app.config, debug=app.debug, testing=app.testing)
+    default_registry().load_all()  # a release whose files changed stops the app at start, not mid-review
     os.makedirs(app.instance_path, exist_ok=True)
-    auditlog.init_app(app)
+    init_audit_log(app)
     init_app(app)
     return app
+
+
+def init_audit_log(app: Flask) -> None:
+    """Open the app's audit log (``smart_app.auditlog.init_app``) and make requests write to it."""
+    auditlog.init_app(app)
+    auditlog.use_app_log(_request_audit_log)
+
+
+def _request_audit_log() -> auditlog.AuditLog | None | bool:
+    """The audit log of the app handling the current request; ``False`` outside one."""
+    from flask import current_app, has_app_context
+
+    if not has_app_context() or auditlog.EXTENSION_KEY not in current_app.extensions:
+        return False
+    log = current_app.extensions[auditlog.EXTENSION_KEY]
+    return log if isinstance(log, auditlog.AuditLog) else None
 
 
 def init_app(app: Flask) -> None:

@@ -47,7 +47,9 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(SmartError)
     def smart_error(error: SmartError) -> ResponseReturnValue:
         log.warning("SMART launch error %s", error.error)
-        return error_response(error.status, "The launch could not be completed", error.description)
+        return error_response(
+            error.status, "The launch could not be completed", error.description, ehr_name=error.ehr_name
+        )
 
     @app.errorhandler(FhirError)
     def fhir_error(error: FhirError) -> ResponseReturnValue:

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import flash, redirect, request, url_for
+from flask import abort, flash, redirect, request, url_for
 from werkzeug.wrappers import Response as BaseResponse
 
 from smart_app import fhirjson as fj
@@ -214,8 +214,11 @@ def _locations(response: dict[str, Any]) -> Iterator[str]:
 @bp.post("/exam")
 @launch_required
 def exam() -> BaseResponse:
-    """Record the focused exam; write it when patient/Observation create is granted, else keep it here."""
+    """Record the focused exam; write it when patient/Observation create is granted, else keep it here.
+    A patient-facing launch records no exam (a patient is not the performer of a clinical exam)."""
     launch = require_launch()
+    if launch.read_only:
+        abort(403, description="This app was opened by a patient: it records no exam and writes nothing.")
     try:
         form = _parse_exam_form()
     except ExamError as exc:

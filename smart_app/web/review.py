@@ -242,7 +242,7 @@ def render_review(
         problems=problems,
         exam_sites=EXAM_SITES,
         exam_sides=EXAM_SIDES,
-        show_exam=_show_exam(assessment),
+        show_exam=_show_exam(assessment) and not launch.read_only,
     )
     return page, status
 

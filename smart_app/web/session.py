@@ -21,6 +21,7 @@ from flask import Flask, current_app, g, render_template, session
 from flask.typing import ResponseReturnValue
 
 from smart_app.fhir.client import FhirClient
+from smart_app.smart.bearer import LaunchBearer, RetryOn401Session
 from smart_app.smart.discovery import Discovery
 from smart_app.smart.errors import RelaunchRequired
 from smart_app.smart.keys import AppKeys, load_app_keys
@@ -203,21 +204,25 @@ def get_access_token() -> str:
     return token_keeper().access_token(require_launch().id)
 
 
-def access_token_provider(launch: Launch) -> Callable[[], str]:
-    """The launch's current access token, refreshed when due; callable from worker threads."""
-    keeper = token_keeper()
-    return functools.partial(keeper.access_token, launch.id)
+def access_token_provider(launch: Launch) -> LaunchBearer:
+    """The launch's current access token, refreshed when due (and replaced after a 401); callable from
+    worker threads."""
+    return LaunchBearer(token_keeper(), launch.id)
 
 
 def get_fhir() -> FhirClient:
-    """The FHIR client of this request's launch (one per request, on ``g``; closed at teardown)."""
+    """The FHIR client of this request's launch (one per request, on ``g``; closed at teardown). Its
+    session refreshes the token once and retries a read the EHR answered with 401."""
     if "fhir" not in g:
         launch = require_launch()
         cfg = current_app.config
         connect, read = cfg.get("FHIR_TIMEOUT", (3.05, 30.0))
+        bearer = access_token_provider(launch)
+        g.fhir_session = RetryOn401Session(bearer)
         g.fhir = FhirClient(
             launch.fhir_base,
-            token=access_token_provider(launch),
+            token=bearer,
+            session=g.fhir_session,
             timeout=(float(connect), float(read)),
             max_retries=int(cfg.get("FHIR_MAX_RETRIES", 3)),
         )
@@ -229,6 +234,9 @@ def close_fhir(_exc: BaseException | None = None) -> None:
     client = g.pop("fhir", None)
     if client is not None:
         client.close()
+    http = g.pop("fhir_session", None)
+    if http is not None:
+        http.close()
 
 
 def init_app(app: Flask) -> None:

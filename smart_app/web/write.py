@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from typing import Any
 
@@ -19,6 +20,14 @@ from smart_app.web.common import REVIEW_KEY, _get, bp
 from smart_app.web.session import get_fhir, launch_registry, launch_required, require_launch
 from smart_app.writeback import InvalidDraft, Mode, WriteOutcome, write_drafts
 
+log = logging.getLogger("smart_app.web")
+
+#: Why a patient-facing launch is refused a write (shown on the error page).
+READ_ONLY_REFUSAL = (
+    "This app was opened by a patient (or for a patient by someone they care for). The assessment is for "
+    "information only, and nothing is written to the chart from here. Nothing was written."
+)
+
 
 def _writeback_options(launch: Launch) -> tuple[Mode, AssessmentAs]:
     """(mode, assessment_as) from the launch's registration; transaction + ClinicalImpression by default."""
@@ -28,14 +37,20 @@ def _writeback_options(launch: Launch) -> tuple[Mode, AssessmentAs]:
 
 
 def _write_state(launch: Launch, cached: dict[str, Any]) -> dict[str, Any]:
-    """Whether the write button is offered, and if not, why."""
+    """Whether the write button is offered, and if not, why. A patient-facing launch never writes: a
+    patient is not the author of a clinical draft."""
     missing = list(cached.get("missing_write_scopes") or [])
+    read_only = launch.read_only
     return {
         "has_draft": bool(cached.get("drafts")),
         "missing_scopes": missing,
         "unsaved_exam": bool(cached.get("unsaved_exam")),
-        "can_write": bool(cached.get("drafts")) and not missing and not cached.get("unsaved_exam"),
-        "can_write_observation": launch.scopes.can_write("Observation"),
+        "read_only": read_only,
+        "can_write": bool(cached.get("drafts"))
+        and not missing
+        and not cached.get("unsaved_exam")
+        and not read_only,
+        "can_write_observation": launch.scopes.can_write("Observation") and not read_only,
     }
 
 
@@ -77,6 +92,11 @@ def _resource_link(fhir_base: str, rtype: str, rid: str) -> str:
 def writeback() -> tuple[str, int] | BaseResponse:
     """Write the reviewed draft as one transaction; keep it for retry on failure."""
     launch = require_launch()
+    if launch.read_only:
+        log.warning(
+            "Write refused: a patient-facing launch (%s user) writes nothing", launch.user_type or "no"
+        )
+        abort(403, description=READ_ONLY_REFUSAL)
     cached = _get(REVIEW_KEY)
     if not isinstance(cached, dict) or cached.get("patient_id") != launch.patient or not cached.get("drafts"):
         flash("The review had expired, so it was read again. Check it, then write the draft.", "warning")
@@ -97,11 +117,13 @@ def writeback() -> tuple[str, int] | BaseResponse:
         outcome = _outcome_view(written)
         audit_write(written, patient=cached.get("patient_id"), user=launch.fhir_user)
     except InvalidDraft as exc:
-        outcome = _nothing_written(
-            mode,
-            list(exc.issues),
-            notes=["The draft did not pass the app's own profile check, so nothing was sent."],
+        # The app's own mistake, not the EHR's: logged for its maintainers; a retry would send the same.
+        log.error(
+            "The app built a draft that fails its own profiles; nothing was sent: %s",
+            "; ".join(exc.issues[:10]),
         )
+        audit_event("error", where="writeback", error="InvalidDraft")
+        outcome = _nothing_written(mode, list(exc.issues), app_problem=True)
     except FhirError as exc:
         audit_event(
             "write",
@@ -141,10 +163,17 @@ def audit_write(outcome: WriteOutcome, *, patient: Any, user: str | None) -> Non
 
 
 def _nothing_written(
-    mode: str, issues: list[Any], *, status: int | None = None, notes: list[str] | None = None
+    mode: str,
+    issues: list[Any],
+    *,
+    status: int | None = None,
+    notes: list[str] | None = None,
+    app_problem: bool = False,
 ) -> dict[str, Any]:
-    """The result view of a write that sent nothing or was refused whole."""
+    """The result view of a write that sent nothing or was refused whole; ``app_problem`` when the app's
+    own check refused its draft (nothing reached the EHR, and retrying cannot help)."""
     return {
+        "app_problem": app_problem,
         "ok": False,
         "result": "not-written",
         "summary": "Nothing was sent to the EHR.",
@@ -179,6 +208,8 @@ def _result_page(
 @launch_required
 def draft_json() -> Response:
     """The draft transaction Bundle as a download, for EHRs where the write scopes are missing."""
+    if require_launch().read_only:
+        abort(403, description=READ_ONLY_REFUSAL)
     cached = _get(REVIEW_KEY)
     if not isinstance(cached, dict) or not cached.get("drafts"):
         abort(404)

@@ -91,7 +91,10 @@ def test_demo_starts_the_sandbox_and_the_app():
         ehr = requests.get(f"{demo.sandbox_url}/ehr", timeout=5)
         assert ehr.status_code == 200 and "Linda Chen" in ehr.text
         chooser = requests.get(f"{demo.app_url}/launch", timeout=5)
-        assert chooser.status_code == 200 and chooser.text.count("Local sandbox EHR") == 1
+        assert chooser.status_code == 200
+        # launch/registrations: the sandbox's public, symmetric and asymmetric clients, each its launch URL
+        for registration in ("sandbox", "sandbox-symmetric", "sandbox-asymmetric"):
+            assert chooser.text.count(f'href="/launch/{registration}"') == 1
     finally:
         demo.stop()
 
