@@ -74,12 +74,14 @@ _local = threading.local()
 
 
 class Cutoff:
-    """The sockets of one request and the instant they are shut down at."""
+    """The sockets of one request and the instant they are shut down at; and the answers read on them,
+    closed if the request ends in an exception (whatever layer raised it, none keeps a connection)."""
 
     def __init__(self, instant: float) -> None:
         self.instant = instant
         self.fired = False
         self._sockets: list[socket.socket] = []
+        self._answers: list[Any] = []
         self._lock = threading.Lock()
 
     def remaining(self) -> float:
@@ -99,6 +101,19 @@ class Cutoff:
                 self._sockets.append(sock)
                 return
         _shut(sock)
+
+    def track(self, answer: Any) -> None:
+        with self._lock:
+            self._answers.append(answer)
+
+    def close_answers(self) -> None:
+        with self._lock:
+            answers, self._answers = self._answers, []
+        for answer in answers:
+            try:
+                answer.close()
+            except Exception:  # closing what is already broken must not mask the error
+                pass
 
     def fire(self) -> None:
         with self._lock:
@@ -129,27 +144,39 @@ def cut_off_at(instant: float) -> Iterator[Cutoff]:
     timer.start()
     try:
         yield cutoff
+    except BaseException:
+        cutoff.close_answers()
+        raise
     finally:
         timer.cancel()
         _local.cutoff = previous
 
 
-def _attach_current(sock: socket.socket | None) -> None:
+def _current() -> Cutoff | None:
     cutoff: Cutoff | None = getattr(_local, "cutoff", None)
-    if cutoff is not None:
-        cutoff.attach(sock)
+    return cutoff
 
 
 class _WatchedHTTPConnection(HTTPConnection):
     def getresponse(self) -> Any:
-        _attach_current(self.sock)
-        return super().getresponse()
+        cutoff = _current()
+        if cutoff is None:
+            return super().getresponse()
+        cutoff.attach(self.sock)
+        answer = super().getresponse()
+        cutoff.track(answer)
+        return answer
 
 
 class _WatchedHTTPSConnection(HTTPSConnection):
     def getresponse(self) -> Any:
-        _attach_current(self.sock)
-        return super().getresponse()
+        cutoff = _current()
+        if cutoff is None:
+            return super().getresponse()
+        cutoff.attach(self.sock)
+        answer = super().getresponse()
+        cutoff.track(answer)
+        return answer
 
 
 class _WatchedHTTPPool(HTTPConnectionPool):
