@@ -544,5 +544,5 @@ def start_hostile(
     other_server.start(other)
     app_server.start(app)
     stack = HostileStack(ehr_server, app_server, other_server, sandbox_app, app, hostile, other, tmp_path)
-    stack.app_defaults = {k: app.config[k] for k in defaults}
+    stack.app_defaults = {k: app.config.get(k) for k in (*defaults, "FOREIGN_AUTH_ENDPOINTS")}
     return stack

@@ -1,11 +1,13 @@
-"""Fault catalogue, launching: the bad-input catalogue's launch items against the misbehaving EHR of
-``tests/hostile_ehr.py`` over real HTTP.
+"""Fault catalogue, launching: the bad-input catalogue's launch items, and issue 11's launch items,
+against the misbehaving EHR of ``tests/hostile_ehr.py`` over real HTTP.
 
 Unknown ``iss``; missing, invalid and reused ``state``; ``error=access_denied``; discovery answering
 404, 500 or HTML; the token endpoint answering 400, 401 or HTML; an id_token with a bad signature or
-another audience; an access token that expired, with and without a refresh token. Each gets a clear
-page with the right status, a log line naming the fault (and no secret), and leaves nothing behind: no
-launch is kept and no FHIR request is sent.
+another audience; an access token that expired, with and without a refresh token. Issue 11: a patient
+id that is a path (``../Practitioner/x``); JSON nested 100,000 deep in the SMART configuration and the
+token response; a token endpoint on another origin than the ``iss`` (logged, or refused by setting).
+Each gets a clear page with the right status, a log line naming the fault (and no secret), and leaves
+nothing behind: no launch is kept and no FHIR request is sent.
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ def test_unknown_iss_is_refused_without_any_request(
     assert page.status_code == 400 and heading(page) == "The launch could not be completed"
     assert "This EHR is not registered with the app" in page.text
     assert hostile.hostile.seen == [] and hostile.other.requests == []
-    assert any("iss is not registered" in m for m in app_warnings(caplog))
+    assert "Launch refused (unknown_iss): iss not registered" in app_warnings(caplog)
     assert_nothing_kept(hostile, before)
 
 
@@ -202,7 +204,7 @@ def test_discovery_404_falls_back_to_the_capability_statement(
             "application/json",
             "refused the request (HTTP 401, invalid_client)",
         ),
-        (200, b"<html>oops</html>", "text/html", "did not answer with JSON"),
+        (200, b"<html>oops</html>", "text/html", "did not answer with usable JSON (not valid JSON)"),
     ],
     ids=["400", "401", "not-json"],
 )
@@ -313,3 +315,105 @@ def test_expired_token_without_a_refresh_token_asks_for_a_relaunch(
     assert again.status_code == 401 and "Relaunch" in again.text
     assert fhir_requests(hostile) == []  # no FHIR request with a token known to be expired
     assert any("no refresh token" in m for m in app_warnings(caplog))
+
+
+# -- issue 11: the launch context, guarded JSON, endpoints on another origin --------------------------------
+NESTED = b"[" * 100_000 + b"]" * 100_000
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("patient", "../Practitioner/x"),
+        ("patient", "https://elsewhere.example/fhir/Patient/p1"),
+        ("encounter", "Encounter/../../x"),
+    ],
+)
+def test_launch_context_that_is_not_a_fhir_id_is_refused_before_any_read(
+    hostile: HostileStack, caplog: pytest.LogCaptureFixture, field: str, value: str
+) -> None:
+    caplog.set_level(logging.WARNING)
+    before = launches_kept(hostile)
+    hostile.hostile.set("token", kind="rewrite", fn=lambda token: {**token, field: value})
+    with requests.Session() as browser:
+        page = hostile.launch(browser)
+    assert page.status_code == 502 and heading(page) == "The launch could not be completed"
+    article = "an" if field == "encounter" else "a"
+    assert f"with {article} {field} &#39;{value}&#39; that is neither a FHIR id nor" in page.text
+    assert "this is a mistake in the EHR&#39;s launch" in page.text
+    # The refusal has no log line of its own yet (smart_app/web/launch.py); the exchange that preceded it is
+    # logged without the token.
+    assert_no_secret_logged(hostile, caplog)
+    assert_nothing_kept(hostile, before)  # no FHIR request with the EHR's path
+
+
+def test_json_nested_100000_deep_in_the_token_response_is_a_clear_page(
+    hostile: HostileStack, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    before = launches_kept(hostile)
+    hostile.hostile.set("token", kind="body", body=NESTED)
+    with requests.Session() as browser:
+        page = hostile.launch(browser)
+    assert page.status_code == 502
+    assert "token endpoint did not answer with usable JSON (nested deeper than 1024 levels)" in page.text
+    assert any(
+        "nested deeper than 1024 levels" in m and m.startswith("Token request") for m in app_warnings(caplog)
+    )
+    assert_nothing_kept(hostile, before)
+
+
+def test_json_nested_100000_deep_in_the_smart_configuration_is_a_clear_page(
+    hostile: HostileStack, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    before = launches_kept(hostile)
+    for target in ("discovery", "metadata"):
+        hostile.hostile.set(target, kind="body", body=NESTED)
+    with requests.Session() as browser:
+        page = hostile.launch(browser)
+    assert page.status_code == 502 and "SMART configuration could not be read" in page.text
+    assert "nested deeper than 1024 levels" in page.text
+    assert not any(s.path.startswith("/auth/") for s in hostile.hostile.seen)
+    assert any(m.startswith("SMART discovery failed") and "nested deeper" in m for m in app_warnings(caplog))
+    assert_nothing_kept(hostile, before)
+
+
+def _foreign_token_endpoint(stack: HostileStack) -> None:
+    other = f"{stack.other_url}/token"
+    stack.hostile.set("discovery", kind="rewrite", fn=lambda config: {**config, "token_endpoint": other})
+
+
+FOREIGN_LOG = (
+    "SMART configuration of Hostile EHR (test) names endpoints on another origin than its FHIR base and the "
+    "registration's auth_origins: token endpoint at "
+)
+
+
+def test_token_endpoint_on_another_origin_is_logged(
+    hostile: HostileStack, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    _foreign_token_endpoint(hostile)
+    with requests.Session() as browser:
+        page = hostile.launch(browser)
+    assert f"{FOREIGN_LOG}{hostile.other_url}" in app_warnings(caplog)
+    # by default the launch goes on: the other site gets the code exchange, and its non-answer ends the launch
+    assert [path for path, _ in hostile.other.requests] == ["/token"]
+    assert page.status_code == 502 and "token response has no access_token" in page.text
+
+
+def test_token_endpoint_on_another_origin_is_refused_by_setting(
+    hostile: HostileStack, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    before = launches_kept(hostile)
+    hostile.app.config["FOREIGN_AUTH_ENDPOINTS"] = "refuse"
+    _foreign_token_endpoint(hostile)
+    with requests.Session() as browser:
+        page = hostile.launch(browser)
+    assert page.status_code == 502 and "so nothing was sent there" in page.text
+    assert hostile.other.requests == []  # no code, no PKCE verifier, no credentials
+    assert not any(s.path.startswith("/auth/") for s in hostile.hostile.seen)
+    assert "Launch with Hostile EHR (test) failed: untrusted_endpoint" in app_warnings(caplog)
+    assert_nothing_kept(hostile, before)
