@@ -88,6 +88,9 @@ class Bench:
                     }
                 ],
                 "SIGNING_KEY_PATH": str(tmp / "sandbox-key.pem"),
+                # Launches without an encounter, as the sandbox made them before: the app before these
+                # changes could not write drafts with one (an unrelated bug), which would hide the faults.
+                "EHR_LAUNCH_ENCOUNTER": "named",
             }
         )
         registrations = tmp / "registrations"
