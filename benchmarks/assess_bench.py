@@ -5,7 +5,7 @@ Usage: ``.venv/bin/python benchmarks/assess_bench.py [--sizes 1000,10000,50000] 
 Generates synthetic collection Bundles (realistic ~1.4 KB Observations: vital signs, pain scores, exam
 findings with bodySite, components, meta, performer, notes; plus 1,000 Conditions) into a temporary
 directory, then for each size prints the median wall time of ``load_bundle(read_bytes()) → assess`` and
-the peak traced memory of one run (tracemalloc) against the file size. Target (issue 3): 10,000
+the peak traced memory of one run (tracemalloc) against the file size. Target: 10,000
 Observations (~14 MB) under 0.5 s, linear growth, peak memory under 3× the input size.
 """
 

@@ -1,7 +1,7 @@
 """Seal a criteria release directory: write its ``release.json`` manifest, or check it.
 
 A release directory (``smart_app/data/criteria/<id>-<version>/``) holds ``criteria.json`` and every
-ValueSet and CodeSystem the criteria read (docs/clinical-criteria.md#releases). The manifest names the
+ValueSet and CodeSystem the criteria read (docs/clinical-criteria.md#release-history). The manifest names the
 criteria version, pins each ValueSet by ``url`` and ``version``, and records the sha256 of every file, so
 the app refuses a release whose files changed after it was sealed. A sealed release is never edited:
 a new version goes into a new directory.

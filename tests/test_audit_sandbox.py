@@ -1,4 +1,4 @@
-"""Auditor tools end to end against the sandbox EHR over HTTP (issue 6 "Tests and evidence").
+"""Auditor tools end to end against the sandbox EHR over HTTP .
 
 Writes go through the app's own pipeline and write-back; tampering goes through the FHIR API (PUT,
 POST) where the sandbox offers it. The sandbox has no DELETE interaction, so the deleted-Provenance case

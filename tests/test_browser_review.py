@@ -1,4 +1,4 @@
-"""The review page in a real browser (issue 5 "Tests and evidence"): Debian's Chromium, driven by
+"""The review page in a real browser : Debian's Chromium, driven by
 Playwright, opens the sandbox EHR on 127.0.0.1, which launches the app from localhost in a cross-site
 iframe. Each test saves a full-page screenshot under test-output/browser/."""
 

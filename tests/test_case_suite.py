@@ -64,7 +64,7 @@ RED_FLAG_LEVELS = {
     "subjective-sensory": "warn",
     "age-new-onset": "warn",
 }
-# Terminologies the cases may use (CLINICAL.md, clinical-evidence.md §3 and §3.6, R4 code systems).
+# Terminologies the cases may use (docs/clinical-criteria.md#codes, R4 code systems).
 ALLOWED_SYSTEMS = {
     "http://snomed.info/sct",
     "http://hl7.org/fhir/sid/icd-10-cm",
@@ -306,7 +306,7 @@ def names_patient(reference: str, pid: str, full_url: str | None = None) -> bool
 
 def test_evidence_is_traceable_to_versioned_sources() -> None:
     """Every evidence reference is an input resource of the launched patient and is listed in `sources`
-    with that resource's meta.versionId (CONTRACT.md `sources`)."""
+    with that resource's meta.versionId (the Assessment's ``sources``)."""
     for path in CASE_FILES:
         case = load_case(path)
         pid = case["patient"]["id"]

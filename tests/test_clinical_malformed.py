@@ -1,4 +1,4 @@
-"""Malformed input (issue 3 "Tests and evidence"; CONTRACT.md load_bundle; CLINICAL.md "Reading the record").
+"""Malformed input (``load_bundle``; docs/clinical-criteria.md#reading-the-record).
 
 Unusable input raises `UnusableInput` with a one-line reason. A bad resource inside a usable Bundle never
 stops the assessment: it is listed in `ignored` with a reason, and nothing raises.

@@ -1,4 +1,4 @@
-"""Property tests of the assessment (CLINICAL.md "Classification", "Reading the record"; issue 3).
+"""Property tests of the assessment (docs/clinical-criteria.md#classification, #reading-the-record).
 
 - any BLOCK red flag means no procedure suggestion;
 - entered-in-error or refuted resources, and resources about another patient, never change the decision;
@@ -110,7 +110,7 @@ NOISE_KINDS = ["entered-in-error", "refuted", "other-patient", "inactive-status"
 
 
 def noise(resource: dict[str, Any], kind: str, n: int) -> dict[str, Any]:
-    """A copy that must be ignored (CLINICAL.md "Reading the record", clinical-evidence §5.3).
+    """A copy that must be ignored (docs/clinical-criteria.md#duplicate-entries).
 
     Entered-in-error, refuted, a status that never counts, dated after the evaluation time, or about
     another patient.

@@ -1,4 +1,4 @@
-"""Reading rules over plain FHIR JSON (clinical-evidence.md §5; CLINICAL.md "Reading the record")."""
+"""Reading rules over plain FHIR JSON (docs/clinical-criteria.md#reading-the-record)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Silence of an unread type is not evidence of absence: findings read from it may be present, never absent;
 an incomplete red-flag screen withholds any procedure; the treatment ladder never escalates on an unknown
-history (CLINICAL.md "Reading the record", "Red flags", "Treatment ladder").
+history (docs/clinical-criteria.md#data-that-could-not-be-read).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Drafting of the write-back transaction from hand-written assessments (CONTRACT.md shape)."""
+"""Drafting of the write-back transaction from hand-written assessments (the Assessment's shape)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Write-back end to end over real HTTP (issue 4 "Tests and evidence"): the sandbox EHR and the app on
+"""Write-back end to end over real HTTP: the sandbox EHR and the app on
 loopback, an HTTP client doing what the clinician's browser does: EHR launch → /review → POST
 /writeback → result page, then the chart read back from the sandbox's FHIR API with a user-level token.
 

@@ -1,9 +1,9 @@
-"""Fault catalogue, launching: the bad-input catalogue's launch items, and issue 11's launch items,
+"""Fault catalogue, launching: the bad-input catalogue's launch items, and the hardened launch items,
 against the misbehaving EHR of ``tests/hostile_ehr.py`` over real HTTP.
 
 Unknown ``iss``; missing, invalid and reused ``state``; ``error=access_denied``; discovery answering
 404, 500 or HTML; the token endpoint answering 400, 401 or HTML; an id_token with a bad signature or
-another audience; an access token that expired, with and without a refresh token. Issue 11: a patient
+another audience; an access token that expired, with and without a refresh token. Hardening: a patient
 id that is a path (``../Practitioner/x``); JSON nested 100,000 deep in the SMART configuration and the
 token response; a token endpoint on another origin than the ``iss`` (logged, or refused by setting).
 Each gets a clear page with the right status, a log line naming the fault (and no secret), and leaves
@@ -317,7 +317,7 @@ def test_expired_token_without_a_refresh_token_asks_for_a_relaunch(
     assert any("no refresh token" in m for m in app_warnings(caplog))
 
 
-# -- issue 11: the launch context, guarded JSON, endpoints on another origin --------------------------------
+# -- hardening: the launch context, guarded JSON, endpoints on another origin --------------------------------
 NESTED = b"[" * 100_000 + b"]" * 100_000
 
 

@@ -1,7 +1,7 @@
 """Fault catalogue, what reaches the page: the EHR's ``smart_style_url`` and the EHR's strings, from the
 misbehaving EHR of ``tests/hostile_ehr.py`` over real HTTP.
 
-Style (SMART App Launch 2.x "Styling"; issue 11): fetched only from the issuer's origin (scheme, host
+Style (SMART App Launch 2.x "Styling"): fetched only from the issuer's origin (scheme, host
 and port), redirects followed only within it, streamed within 64 KB and its time budget, values clamped,
 cached as its HTTP caching headers allow. Strings (patient banner, headline, evidence): bidi controls and
 NUL removed and each string isolated in ``<bdi>``, long strings cut with the whole in the title, markup

@@ -7,7 +7,7 @@ fault, and that nothing else was lost: the other resource types are read in full
 small here (3 s, 4 MB: ``start_hostile``); ``benchmarks/hostile_bench.py`` runs the same faults at the
 production defaults and measures the worker's memory.
 
-Covered: issue 11's budgets (a body dripped a byte at a time, headers dripped, 429 storms, a gzip bomb,
+Covered: the read budgets (a body dripped a byte at a time, headers dripped, 429 storms, a gzip bomb,
 a huge page, JSON nested 100,000 deep) and the FHIR items of the bad-input catalogue (401, 403, 404,
 429, 500, timeouts, non-JSON, malformed Bundles, a ``next`` link to another host).
 """

@@ -1,4 +1,4 @@
-"""Server-side sessions (DESIGN.md "Sessions") and the security headers every page carries."""
+"""Server-side sessions (docs/architecture.md#launch-and-tokens) and the security headers every page carries."""
 
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ OUR_FILES = sorted(RELEASES_DIR.glob("*/ValueSet-back-mice-*.json")) + sorted(
     (ROOT / "smart_app" / "data" / "profiles").glob("CodeSystem-back-mice-*.json")
 )
 
-# Verhoeff tables (clinical-evidence.md Appendix A)
+# Verhoeff tables (the SNOMED CT check digit)
 _D = [
     [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
     [1, 2, 3, 4, 0, 6, 7, 8, 9, 5],
@@ -136,7 +136,7 @@ def test_every_code_and_valueset_of_the_criteria_is_defined() -> None:
     term.require(urls)
     for system, code in coded_references(CRITERIA):
         assert term.match(system, code), f"{system}|{code} is in no ValueSet"
-    # the codes named in CLINICAL.md's guidance texts are defined too
+    # the codes named in the criteria's guidance texts are defined too
     for text in (m["how"] for m in CRITERIA["missing"].values()):
         for code in re.findall(r"SNOMED (\d+)", text) + re.findall(r"\b(\d{6,})\b", text):
             assert term.match(SCT, code), code

@@ -1,5 +1,5 @@
-"""Review page, write-back, draft download and exam capture through the Flask test client (issue 5,
-issue 4 items 3-4), with a fake launch in the session and FHIR mocked by ``responses``."""
+"""Review page, write-back, draft download and exam capture through the Flask test client,
+with a fake launch in the session and FHIR mocked by ``responses``."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Shared inputs for the drafting, profile and write-back tests.
 
-- hand-written assessments (``tests/golden/assessments/*.json``) that follow CONTRACT.md's
+- hand-written assessments (``tests/golden/assessments/*.json``) that follow the Assessment's
   ``Assessment.to_json()`` shape exactly, so drafting is tested independently of the engine;
 - the corpus: every sandbox patient (``launch/data``) and every clinical case (``tests/cases``) run
   through ``load_bundle`` + ``assess``, for "every draft the engine can produce".

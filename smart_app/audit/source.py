@@ -41,7 +41,7 @@ class Source(Protocol):
 
 
 class FhirReader(Protocol):
-    """What ``smart_app.fhir.FhirClient`` offers (CONTRACT.md, smart_app.fhir)."""
+    """What ``smart_app.fhir.FhirClient`` offers (:class:`smart_app.fhir.client.FhirClient`)."""
 
     def read(self, resource_type: str, resource_id: str) -> dict[str, Any]: ...
 

@@ -46,7 +46,7 @@ from smart_app.vocabulary import APP_DEVICE, CRITERIA_URL, UNAVAILABLE_EXTENSION
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
-#: The compared fields, in report order (issue 6 §2).
+#: The compared fields, in report order (docs/auditors.md#verify).
 COMPARED = ("criteria", "classification", "next_step", "red_flags", "procedure_suggestion")
 
 #: ``(record, as_of, criteria_version, criteria_dirs) -> Assessment JSON``; replaceable in tests.

@@ -258,7 +258,8 @@ class Extractor:
         return without_bad_dates(res, rtype, report)
 
     def ignored_as_future(self, ref: str, *times: When | None) -> bool:
-        """Report ``ref`` as ignored when any of its times is after the evaluation time (CLINICAL.md)."""
+        """Report ``ref`` as ignored when any of its times is after the evaluation time
+        (docs/clinical-criteria.md#windows-and-the-evaluation-time)."""
         for when in times:
             if when is not None and self.future(when):
                 self.facts.ignore(ref, f"dated after the evaluation time ({when.text})")
@@ -365,7 +366,7 @@ class Extractor:
         self.facts.resources.pop(ref, None)
         self.facts.problems = {k: v for k, v in self.facts.problems.items() if k[0] != ref}
 
-    # -- Observation (clinical-evidence.md §5.2) -------------------------------------------------------
+    # -- Observation (docs/clinical-criteria.md#observation-status) ---------------------------------------
     def _Observation(self, obs: dict[str, Any], ref: str) -> None:
         elements: list[tuple[frozenset[str], str, str, Mapping[str, Any], bool]] = []
         urls, key, label = self.matched(obs.get("code"))
@@ -416,7 +417,7 @@ class Extractor:
             )
 
     def polarity(self, element: Mapping[str, Any]) -> tuple[str | None, str | None]:
-        """Present/Absent of a finding from ``value[x]`` (clinical-evidence.md §5.2 'Negation')."""
+        """Present/Absent of a finding from ``value[x]`` (docs/clinical-criteria.md#observation-values)."""
         dar = element.get("dataAbsentReason")
         if dar is not None:
             return None, f"dataAbsentReason {fj.status_code(dar) or fj.concept_label(dar) or 'given'}"
@@ -436,7 +437,7 @@ class Extractor:
             return None, "value of another type (a number, text...)"
         return "present", None
 
-    # -- Condition (clinical-evidence.md §5.1) ------------------------------------------------------------
+    # -- Condition (docs/clinical-criteria.md#condition-status-and-verification) ---------------------------
     def _Condition(self, cond: dict[str, Any], ref: str) -> None:
         urls, key, label = self.matched(cond.get("code"))
         if not urls:

@@ -61,7 +61,7 @@ _FIELDS = frozenset(
 
 @dataclass(frozen=True)
 class WritebackOptions:
-    """How drafts are written to this EHR (DESIGN.md "What is written")."""
+    """How drafts are written to this EHR (docs/auditors.md#what-a-write-looks-like)."""
 
     mode: Literal["transaction", "sequential"] = "transaction"
     assessment_as: Literal["ClinicalImpression", "DocumentReference"] = "ClinicalImpression"
