@@ -157,7 +157,7 @@ FIELDS: dict[str, Callable[[Any], Any]] = {
     "round_trips": _count,
     "duration_ms": _count,
     "command": _code,
-    # CDS Hooks (docs/cds-hooks.md#feedback-and-audit): the service, the hook call, its cards, feedback on them
+    # CDS Hooks (docs/cds-hooks.md#feedback-and-audit): the service, the hook call, its cards, feedback
     "service": _code,
     "hook_instance": _uuid,
     "cards": _uuids,

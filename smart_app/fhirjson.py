@@ -207,7 +207,8 @@ def observation_time(obs: JSON) -> When | None:
 
 
 def condition_onset(cond: JSON) -> When | None:
-    """Condition onset: onsetDateTime, onsetPeriod.start, else recordedDate (docs/clinical-criteria.md#age-new-onset)."""
+    """Condition onset: onsetDateTime, onsetPeriod.start, else recordedDate
+    (docs/clinical-criteria.md#age-new-onset)."""
     if "onsetDateTime" in cond:
         return parse_time(cond["onsetDateTime"])
     period = as_dict(cond.get("onsetPeriod"))

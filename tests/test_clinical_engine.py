@@ -1,4 +1,5 @@
-"""Criteria 1.0.0 end to end: findings, red flags, classification, ladder, output (docs/clinical-criteria.md)."""
+"""Criteria 1.0.0 end to end: findings, red flags, classification, ladder, output
+(docs/clinical-criteria.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Server-side sessions (docs/architecture.md#launch-and-tokens) and the security headers every page carries."""
+"""Server-side sessions (docs/architecture.md#launch-and-tokens) and the security headers every page
+carries."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""``smart-app audit list|verify`` (docs/auditors.md#commands). ``add_commands`` is wired into ``smart_app.cli``.
+"""``smart-app audit list|verify`` (docs/auditors.md#commands). ``add_commands`` is wired into
+``smart_app.cli``.
 
 Exit status: 0 clean / reproduced, 1 findings / not reproduced, 2 unusable input (bad arguments, an
 unreadable export, an unreachable or refusing server, an unknown criteria version).

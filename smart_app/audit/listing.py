@@ -104,7 +104,8 @@ def provenance_author(prov: dict[str, Any], devices: frozenset[str] = frozenset(
 
 
 def provenance_criteria(prov: dict[str, Any]) -> dict[str, str | None]:
-    """``Provenance.policy`` = criteria canonical ``url|version`` (docs/clinical-criteria.md#canonical-urls-and-code-systems)."""
+    """``Provenance.policy`` = criteria canonical ``url|version``
+    (docs/clinical-criteria.md#canonical-urls-and-code-systems)."""
     policies = [p for p in prov.get("policy") or [] if isinstance(p, str)]
     chosen = next((p for p in policies if p.startswith(CRITERIA_URL)), policies[0] if policies else None)
     if chosen is None:

@@ -197,7 +197,8 @@ class Context:
 
 # -- shared reading helpers ------------------------------------------------------------------------
 def site_is_typical(ctx: Context, sites: Sequence[Mapping[str, Any]]) -> tuple[bool | None, str]:
-    """Typical-site rule (docs/clinical-criteria.md#typical_site): coded in the ValueSet, or whole-word text match."""
+    """Typical-site rule (docs/clinical-criteria.md#typical_site): coded in the ValueSet, or a whole-word
+    text match."""
     if not sites:
         return None, "no bodySite"
     spec = ctx.data["typical_site"]

@@ -81,7 +81,8 @@ def init_app(app: Flask) -> None:
 
 
 def init_sessions(app: Flask) -> None:
-    """Server-side sessions (docs/architecture.md#launch-and-tokens): Redis when configured, else files on local disk.
+    """Server-side sessions (docs/architecture.md#launch-and-tokens): Redis when configured, else files on
+    local disk.
 
     The cookie holds only a random session id; tokens and patient data stay on the server.
     """
