@@ -130,6 +130,7 @@ def describe_write(
     verify: VerifyReport | None,
     error: str | None,
     findings: list[Finding],
+    me: str | None = None,
 ) -> dict[str, Any]:
     """What the template shows for one write, in words."""
     written = verify.written if verify is not None else {}
@@ -140,7 +141,7 @@ def describe_write(
         "assessment": write.assessment,
         "patient": person_name(client, write.patient) if write.patient else "unknown",
         "written_at": write.written_at,
-        "author": person_name(client, write.author) if write.author else "not recorded",
+        "author": person_name(client, write.author, me=me) if write.author else "not recorded",
         "criteria": criteria_words(write.criteria),
         "status": STATUS_TEXT.get(write.status, write.status),
         "status_code": write.status,
@@ -175,7 +176,9 @@ def describe_write(
     }
 
 
-def build_page(source: Source, patient: str | None, max_verify: int, client: Any = None) -> dict[str, Any]:
+def build_page(
+    source: Source, patient: str | None, max_verify: int, client: Any = None, me: str | None = None
+) -> dict[str, Any]:
     """List the writes, re-run (or, for an exam, check) up to ``max_verify`` of them, and group the
     findings per write."""
     report: AuditReport = list_writes(source, patient=patient)
@@ -207,7 +210,7 @@ def build_page(source: Source, patient: str | None, max_verify: int, client: Any
                 )
             except AuditInputError as exc:
                 error = str(exc)
-        rows.append(describe_write(client, write, verify, error, mine))
+        rows.append(describe_write(client, write, verify, error, mine, me))
     other = [
         {"text": FINDING_TEXT.get(f.kind, f.kind), **f.to_json()}
         for i, f in enumerate(report.findings)
@@ -226,7 +229,7 @@ def audit_page() -> tuple[str, int]:
     patient = audit_scope(launch)
     max_verify = int(current_app.config.get("AUDIT_PAGE_MAX_VERIFY", DEFAULT_MAX_VERIFY))
     client = get_fhir()
-    whose = person_name(client, f"Patient/{patient}") if patient else None
+    whose = person_name(client, f"Patient/{patient}", with_reference=False) if patient else None
     new_tab = None if in_hand_off() else url_for("audit.enter", ticket=make_ticket(launch))
     context = {
         "patient": patient,
@@ -236,7 +239,7 @@ def audit_page() -> tuple[str, int]:
         "in_frame": not in_hand_off(),
     }
     try:
-        page = build_page(FhirSource(client), patient, max_verify, client)
+        page = build_page(FhirSource(client), patient, max_verify, client, me=launch.fhir_user)
     except FhirError as exc:
         audit_event("error", where="audit-page", status=exc.status, error=type(exc).__name__)
         return render_template("audit.html", page=None, error=exc.message, **context), 502

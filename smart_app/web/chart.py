@@ -42,7 +42,7 @@ def _targets(resource: dict[str, Any]) -> list[dict[str, str]]:
     return out
 
 
-def _agents(client: Any, resource: dict[str, Any]) -> list[dict[str, str]]:
+def _agents(client: Any, resource: dict[str, Any], me: str | None) -> list[dict[str, str]]:
     out = []
     for agent in resource.get("agent") or []:
         if not isinstance(agent, dict):
@@ -93,7 +93,7 @@ def chart_resource(rtype: str, rid: str) -> tuple[str, int]:
         if isinstance(resource.get("meta"), dict)
         else None,
         recorded=resource.get("recorded"),
-        agents=_agents(client, resource) if rtype == "Provenance" else [],
+        agents=_agents(client, resource, launch.fhir_user) if rtype == "Provenance" else [],
         targets=_targets(resource),
         policy=resource.get("policy") or [],
         sources=[

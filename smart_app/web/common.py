@@ -202,16 +202,28 @@ def banner_for(launch: Launch, patient: dict[str, Any] | None = None) -> dict[st
     return patient_banner(patient)
 
 
-def person_name(client: Any, reference: str | None) -> str:
+def person_name(
+    client: Any, reference: str | None, *, me: str | None = None, with_reference: bool = True
+) -> str:
     """The name of the person a reference names (Practitioner, PractitionerRole's practitioner, Patient,
-    RelatedPerson), read once per request; the reference itself when it names no one readable."""
+    RelatedPerson), read once per request, with the reference in brackets (``Type/id``); "you" for the
+    launch's own user (``me``); the reference alone when it names no one readable."""
     if not reference:
         return "not recorded"
-    names: dict[str, str] = g.setdefault("person_names", {})
-    if reference in names:
-        return names[reference]
-    name = reference
     ref = fj.Ref.parse(reference)
+    shown = ref.plain if ref is not None else reference
+    if me and ref is not None and (mine := fj.Ref.parse(me)) is not None and mine.plain == ref.plain:
+        return f"you ({shown})" if with_reference else "you"
+    names: dict[str, str] = g.setdefault("person_names", {})
+    if shown not in names:
+        names[shown] = _read_name(client, ref)
+    name = names[shown]
+    if not name:
+        return shown
+    return f"{name} ({shown})" if with_reference else name
+
+
+def _read_name(client: Any, ref: fj.Ref | None) -> str:
     try:
         if ref is not None and ref.type == "PractitionerRole":
             role = client.read("PractitionerRole", ref.id)
@@ -219,12 +231,10 @@ def person_name(client: Any, reference: str | None) -> str:
                 ((role.get("practitioner") or {}) if isinstance(role, dict) else {}).get("reference")
             )
         if ref is not None and ref.type in ("Practitioner", "Patient", "RelatedPerson"):
-            found = human_name(client.read(ref.type, ref.id))
-            name = f"{found} ({reference})" if found else reference
+            return human_name(client.read(ref.type, ref.id))
     except (FhirError, ValueError):
         pass
-    names[reference] = name
-    return name
+    return ""
 
 
 def human_name(resource: Any) -> str:

@@ -345,7 +345,7 @@ def written_status(launch: Launch, rtype: str, key: str, provenance_key: str) ->
     author = _author(provenance) if provenance is not None else None
     return {
         "when": (provenance or {}).get("recorded") or (assessment.get("meta") or {}).get("lastUpdated"),
-        "who": "you" if author and author == launch.fhir_user else person_name(client, author),
+        "who": person_name(client, author, me=launch.fhir_user),
         "provenance": provenance is not None,
         "resources": [
             {
