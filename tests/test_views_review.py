@@ -284,3 +284,23 @@ def test_page_structure_is_accessible(client: Any, ehr: FakeEhr) -> None:
     assert audit.controls, "the exam form is shown"
     for control in audit.controls:
         assert control["wrapped"] or control.get("id") in audit.label_for, control
+
+
+def test_an_objective_deficit_gets_a_prompt_work_up_and_preliminary_evidence_is_marked(
+    client: Any, ehr: FakeEhr
+) -> None:
+    """A foot drop or a weakness is not a back-mouse red flag, so the conclusion stays "not consistent",
+    but the page says plainly that it needs a prompt work-up, above the checklist; a preliminary record
+    that counts for safety (criteria 1.1.0) is marked as preliminary where it is shown."""
+    from tests.views_fixtures import SNOMED
+
+    weakness = observation("o-weak", SNOMED, "26544005", "Muscle weakness", status="preliminary")
+    ehr.serve([*PROBABLE, weakness])
+    launch(client)
+    html = client.get("/review").get_data(as_text=True)
+    assert "Not consistent with back mice" in html
+    assert "Prompt work-up for the cause of the objective neurological deficit" in html
+    urgent = html[html.index('id="urgent-finding"') : html.index('id="criteria-title"')]
+    assert "Objective neurological deficit recorded" in urgent
+    assert "Preliminary</span>" in urgent and "A preliminary record, not final" in urgent
+    assert html.index('id="urgent-finding"') < html.index('id="criteria-title"')
