@@ -53,7 +53,8 @@ PERFORMER_TYPES = ("Practitioner", "PractitionerRole")
 READ_ONLY_REFUSAL = "This app was opened by a patient: it records no exam and writes nothing."
 
 
-def now_instant() -> datetime:
+def examined_now() -> datetime:
+    """The time an exam is recorded as examined: when its form was sent, to the second (UTC)."""
     return datetime.now(UTC).replace(microsecond=0)
 
 
@@ -170,7 +171,7 @@ def exam() -> BaseResponse:
         PENDING_EXAM_KEY,
         {
             **answers.to_json(),
-            "recorded": now_instant().isoformat(),
+            "recorded": examined_now().isoformat(),
             "criteria": terms.canonical.split("|")[1],
         },
     )

@@ -40,7 +40,7 @@ from smart_app.web.common import (
     run_review,
     unsaved_exams,
 )
-from smart_app.web.exam import EXAM_MESSAGE, exam_form, exam_write_problem, pending_exam
+from smart_app.web.exam import exam_form, exam_write_problem, pending_exam
 from smart_app.web.session import launch_required, require_launch
 from smart_app.web.theme import load_style
 from smart_app.web.write import status_query, write_state
@@ -352,7 +352,6 @@ def render_review(
         show_exam=show_exam(assessment, launch, missing),
         exam=exam_form(terms, pending[0] if pending else None),
         exam_problem=exam_write_problem(launch),
-        exam_message=EXAM_MESSAGE,
         in_record=in_record(assessment),
     )
     return page, status
