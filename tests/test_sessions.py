@@ -328,3 +328,24 @@ def test_redis_keys_expire_with_the_launch(tmp_path: Path, redis_url: str) -> No
     with pending.session_transaction() as sess:
         sess["pending"] = {"state": {"created": clock.time()}}
     assert all(595 <= t <= 600 for t in ttls("")), ttls("")
+
+
+@pytest.mark.redis
+def test_a_hand_off_ticket_in_redis_opens_once_and_expires(redis_url: str) -> None:
+    import hashlib
+
+    import redis
+
+    from smart_app.web.handoff import TicketStore
+
+    client = redis.Redis.from_url(redis_url)
+    tickets = TicketStore(client)
+    tickets.put("one-ticket", {"launch": "l1", "opens": "audit"}, 60)
+    (key,) = list(client.scan_iter("back-mice:handoff:*"))
+    assert key.decode().endswith(hashlib.sha256(b"one-ticket").hexdigest())  # only its digest is kept
+    assert 55 <= int(client.ttl(key)) <= 60
+    taken = tickets.take("one-ticket")
+    assert taken is not None and (taken["launch"], taken["opens"]) == ("l1", "audit")
+    assert tickets.take("one-ticket") is None  # used once
+    assert tickets.take("never-made") is None
+    assert not list(client.scan_iter("back-mice:handoff:*"))

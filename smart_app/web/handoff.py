@@ -7,8 +7,9 @@ frame therefore offers a link with a *ticket*, protected so:
 - a ticket is 256 random bits (``secrets.token_urlsafe(32)``); the server stores only its SHA-256, with
   the launch id, the patient, what it opens (the audit page only) and its expiry, ``AUDIT_HANDOFF_SECONDS``
   after it was made (default 120 s): a stolen store holds no usable ticket;
-- it is used once: the first request for it takes it out of the store atomically (Redis ``GETDEL``; a file
-  renamed away, which only one request can do), so a second use, or a use after expiry, finds nothing;
+- it is used once: the first request for it takes it out of the store atomically (Redis ``GETDEL``, or
+  ``GET`` and ``DEL`` in one transaction before Redis 6.2; a file renamed away, which only one request can
+  do), so a second use, or a use after expiry, finds nothing;
 - the answer to that first request starts a fresh session of the app's own site (a new session id) that
   names the launch for the audit pages and the app's view of what it wrote only (no review, exam or
   write), and redirects (303) to the audit page without the ticket, so the URL left in the tab, its
@@ -90,7 +91,16 @@ class TicketStore:
             return None
         raw: bytes | None
         if self.redis is not None:
-            raw = self.redis.getdel(f"{self.prefix}handoff:{_digest(ticket)}")
+            from redis.exceptions import ResponseError
+
+            key = f"{self.prefix}handoff:{_digest(ticket)}"
+            try:
+                raw = self.redis.getdel(key)
+            except ResponseError:  # a Redis before 6.2 has no GETDEL: GET and DEL in one MULTI/EXEC
+                with self.redis.pipeline(transaction=True) as both:
+                    both.get(key)
+                    both.delete(key)
+                    raw = both.execute()[0]
         else:
             assert self.directory is not None
             taken = self.directory / f".taken-{secrets.token_hex(8)}"
