@@ -1,12 +1,13 @@
 """Local append-only audit log of the app's own actions, as JSON lines (docs/auditors.md).
 
 One line per event: ``{"ts": ..., "kind": ..., ...fields}``. Kinds used by the app: ``launch``, ``read``
-(resource type and count), ``write`` (its ``outcome``: written, partly-written, refused, not-written or
-unknown; the ``created``, ``matched`` and ``found`` references, the ``missing`` and ``unknown`` resource
-types, the HTTP ``status`` of a refusal), ``error``, ``audit``. The ``user`` is the ``fhirUser``
-reference, relative or absolute. Only allow-listed fields are
-written, and each is checked for shape, so the log holds resource ids but no names, values, narratives,
-tokens, codes or secrets: a value that does not fit its field's shape is replaced by ``"[dropped]"``.
+(resource type and count), ``write`` (its ``write_kind``: ``drafts`` of an assessment or an ``exam``
+entered by the clinician; its ``outcome``: written, partly-written, refused, not-written or unknown; the
+``created``, ``matched`` and ``found`` references, the ``missing`` and ``unknown`` resource types, the
+HTTP ``status`` of a refusal), ``error``, ``audit``, ``handoff`` (the audit page opened in a new tab).
+The ``user`` is the ``fhirUser`` reference, relative or absolute. Only allow-listed fields are written,
+and each is checked for shape, so the log holds resource ids but no names, values, narratives, tokens,
+codes or secrets: a value that does not fit its field's shape is replaced by ``"[dropped]"``.
 Rotated by size (``logging.handlers.RotatingFileHandler``).
 
 Settings: ``AUDIT_LOG_PATH`` (``None``/unset: ``<instance>/audit.jsonl``), ``AUDIT_LOG_MAX_BYTES`` (default
@@ -146,6 +147,7 @@ FIELDS: dict[str, Callable[[Any], Any]] = {
     "missing": _rtypes,
     "unknown": _rtypes,
     "mode": _code,
+    "write_kind": _code,
     "status": _status,
     "outcome": _code,
     "error": _code,

@@ -23,7 +23,13 @@ DEFAULTS: dict[str, Any] = {
     "REGISTRATIONS_DIRS": [],
     # Server-side sessions: on local disk (under the instance folder) unless a Redis URL is given.
     "SESSION_REDIS_URL": None,
+    # The longest a session and its launch are kept after their last use (a launch that cannot renew its
+    # token ends with the token); Redis keys expire then, files are swept every SESSION_SWEEP_SECONDS
+    # (0: no sweeping thread, e.g. when a timer calls smart_app.web.storage.sweep).
     "SESSION_LIFETIME_SECONDS": 8 * 3600,
+    "SESSION_SWEEP_SECONDS": 600,
+    # A link that opens the audit page in a new tab works once, within this many seconds.
+    "AUDIT_HANDOFF_SECONDS": 120,
     # Cookies for the EHR iframe: SameSite=None + Secure. Plain-http development outside an iframe on a
     # host other than localhost needs "Lax" and SESSION_COOKIE_SECURE false (browsers drop Secure
     # cookies over http except on localhost); ``check_config`` refuses the combination that cannot work.

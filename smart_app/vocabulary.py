@@ -25,6 +25,8 @@ NEXT_STEP_SYSTEM = f"{CANONICAL}/CodeSystem/back-mice-next-step"
 WORKFLOW_SYSTEM = f"{CANONICAL}/CodeSystem/workflow"
 WORKFLOW_CODE = "draft-requires-review"
 WORKFLOW_DISPLAY = "Draft requires clinician review"
+#: ``meta.tag`` of what a clinician entered through the app (the focused exam): not a draft of the app's.
+ENTERED_CODE = "entered-through-app"
 
 CLASSIFICATION_EXTENSION = f"{CANONICAL}/StructureDefinition/back-mice-classification"
 NEXT_STEP_EXTENSION = f"{CANONICAL}/StructureDefinition/back-mice-next-step"
@@ -34,6 +36,8 @@ UNAVAILABLE_EXTENSION = f"{CANONICAL}/StructureDefinition/back-mice-unavailable-
 SOFTWARE_VERSION_EXTENSION = f"{CANONICAL}/StructureDefinition/back-mice-software-version"
 
 DRAFT_IDENTIFIER_SYSTEM = f"{CANONICAL}/identifier/draft"
+#: Identifiers of the exam Observations a clinician records through the app (and their Provenance's tag).
+EXAM_IDENTIFIER_SYSTEM = f"{CANONICAL}/identifier/exam"
 DEVICE_IDENTIFIER_SYSTEM = f"{CANONICAL}/identifier/device"
 DEVICE_IDENTIFIER_VALUE = "smart-app-back-mice"
 #: The literal reference the app's Device gets where the server keeps the id it was given.
@@ -46,6 +50,10 @@ RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 CPT = "http://www.ama-assn.org/go/cpt"
 UCUM = "http://unitsofmeasure.org"
 OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
+#: The category of exam Observations (R4 observation-category "exam").
+EXAM_CATEGORY = {"system": OBSERVATION_CATEGORY, "code": "exam", "display": "Exam"}
+CONDITION_CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
+CONDITION_VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
 V3_OBSERVATION_VALUE = "http://terminology.hl7.org/CodeSystem/v3-ObservationValue"
 V3_DATA_OPERATION = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
 PROVENANCE_PARTICIPANT_TYPE = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
@@ -71,6 +79,11 @@ LEVEL_OF_SEVERITY = {"high": "block", "moderate": "warn", "low": "warn"}
 def profile_url(resource_type: str) -> str:
     """Canonical URL of the app's profile for a resource type it writes."""
     return f"{CANONICAL}/StructureDefinition/back-mice-{resource_type.lower()}"
+
+
+#: Profiles of what a clinician enters through the app (one resource type, a second profile).
+EXAM_OBSERVATION_PROFILE = f"{CANONICAL}/StructureDefinition/back-mice-exam-observation"
+EXAM_PROVENANCE_PROFILE = f"{CANONICAL}/StructureDefinition/back-mice-exam-provenance"
 
 
 def system_label(system: str) -> str:
@@ -120,6 +133,10 @@ def code_table(system: str) -> CodeTable:
                 definitions={c["code"]: c["definition"] for c in concepts if c.get("definition")},
             )
     raise KeyError(f"no CodeSystem {system} in the app's package")
+
+
+def workflow() -> CodeTable:
+    return code_table(WORKFLOW_SYSTEM)
 
 
 def classifications() -> CodeTable:

@@ -87,6 +87,33 @@ class Sandbox:
         self.written[patient_id] = info
         return info
 
+    def exam_for(
+        self, patient_id: str, answers: Any, performer: str = "Practitioner/dr-ada", when: datetime = AS_OF
+    ) -> dict[str, Any]:
+        """Record a focused exam for one patient as the app's exam form does (``answers``: an
+        ``ExamAnswers``), with the newest criteria release's terms."""
+        from smart_app.clinical.criteria import default_registry
+        from smart_app.clinical.recording import exam_terms
+        from smart_app.drafts.exam import build_exam_transaction
+        from smart_app.writeback import write_drafts
+
+        bundle = build_exam_transaction(
+            exam_terms(default_registry().get()),
+            answers,
+            patient=f"Patient/{patient_id}",
+            performer=performer,
+            encounter=None,
+            recorded=when,
+        )
+        outcome = write_drafts(self.client(), bundle, "transaction")
+        assert outcome.ok, outcome.to_json()
+        refs = [f"{w.resource_type}/{w.id}" for w in outcome.written]
+        return {
+            "bundle": bundle,
+            "observations": [r for r in refs if r.startswith("Observation/")],
+            "provenance": next(r for r in refs if r.startswith("Provenance/")),
+        }
+
 
 @contextmanager
 def http_sandbox(tmp_path: Path, **config: Any) -> Iterator[Sandbox]:

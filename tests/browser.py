@@ -101,3 +101,31 @@ def stop_servers(servers: Servers) -> None:
 def app_frame(pg: Any) -> Any:
     """The app's iframe inside the sandbox EHR page."""
     return pg.frame_locator("iframe")
+
+
+def app_document(page: Any, app_url: str) -> Any:
+    """The app's document (a Playwright ``Frame``) inside the EHR page."""
+    return next(f for f in page.frames if f.url.startswith(app_url))
+
+
+def save_app_screenshot(page: Any, app_url: str, name: str) -> Path:
+    """A screenshot of the whole app page inside the EHR frame, under test-output/browser/app-<name>.png:
+    for the capture the iframe is made as tall as the app's page (and the window tall enough to paint
+    it), then both are restored."""
+    OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
+    frame = app_document(page, app_url)
+    height = int(frame.evaluate("document.documentElement.scrollHeight"))
+    iframe = page.locator("iframe")
+    viewport = page.viewport_size
+    before = iframe.evaluate("f => f.style.height")
+    top = int(iframe.evaluate("f => f.getBoundingClientRect().top + window.scrollY"))
+    page.set_viewport_size({"width": viewport["width"], "height": top + height + 40})
+    iframe.evaluate(f"f => {{ f.style.height = '{height + 4}px'; }}")
+    page.wait_for_timeout(200)
+    path = OUTPUT_DIR / f"app-{name}.png"
+    try:
+        iframe.screenshot(path=str(path))
+    finally:
+        iframe.evaluate(f"f => {{ f.style.height = {before!r}; }}")
+        page.set_viewport_size(viewport)
+    return path

@@ -544,3 +544,70 @@ def test_patient_is_read_at_the_recorded_version(sandbox: Sandbox) -> None:
     assert report.reproduced, report.to_json()
     assert ("Patient", patient["id"], named[0].rsplit("/", 1)[1]) in calls
     assert any(n.startswith(f"{info['patient']} has changed since the write") for n in report.notes)
+
+
+# --- the exam a clinician entered through the app: its own kind of write -------------------------------
+def _exam(sandbox: Sandbox) -> dict[str, Any]:
+    from smart_app.drafts.exam import ExamAnswers, ExamSite
+
+    answers = ExamAnswers(
+        {"NODULE": "present", "PAIN_REPRODUCED": "present", "NEURO_DEFICIT": "none"},
+        ExamSite(text="posterior iliac crest", side="left"),
+    )
+    return sandbox.exam_for("dnguyen", answers)
+
+
+def test_list_finds_an_exam_as_its_own_kind_and_verify_explains_it(sandbox: Sandbox) -> None:
+    sandbox.write_for("apatel")
+    exam = _exam(sandbox)
+    data, code = run_list(_source(sandbox), patient="dnguyen")
+    assert code == 0, data
+    (write,) = data["writes"]
+    assert write["kind"] == "exam" and write["status"] == "recorded"
+    assert write["provenance"] == exam["provenance"] and write["author"] == "Practitioner/dr-ada"
+    assert sorted(write["resources"]) == sorted(exam["observations"])
+    everyone, _ = run_list(_source(sandbox))
+    assert sorted(w["kind"] for w in everyone["writes"]) == ["assessment", "exam"]
+
+    for reference in (exam["observations"][0], exam["provenance"]):
+        report, code = run_verify(_source(sandbox), reference)
+        assert code == 0 and report["reproduced"] is True and report["kind"] == "exam", report
+        notes = "\n".join(report["notes"])
+        assert "Exam entered by Practitioner/dr-ada through the back mice app" in notes
+        assert "Subcutaneous nodule: Present, left posterior iliac crest" in notes
+        assert "the criterion 'Palpable subcutaneous nodule'" in notes
+        assert "criteria 1.1.0" in notes
+
+
+def test_an_exam_edited_after_it_was_entered_is_reported(sandbox: Sandbox) -> None:
+    exam = _exam(sandbox)
+    nodule = next(
+        o
+        for o in (_read(sandbox, r) for r in exam["observations"])
+        if o["code"]["coding"][0]["code"] == "95325000"
+    )
+    nodule["bodySite"] = {"text": "right forearm"}
+    _put(sandbox, nodule)
+    report, code = run_verify(_source(sandbox), f"Observation/{nodule['id']}")
+    assert code == 1 and report["reproduced"] is False
+    assert {d["field"] for d in report["differences"]} >= {"content"}
+    data, _ = run_list(_source(sandbox), patient="dnguyen")
+    assert data["writes"][0]["status"] == "changed-since-written"
+    assert any(f["kind"] == "changed-since-written" for f in data["findings"])
+
+
+def test_an_observation_not_entered_through_the_app_is_not_an_exam(sandbox: Sandbox) -> None:
+    data, code = run_verify(_source(sandbox), "Observation/apatel-obs-nodule")
+    assert code == 2 and "not an exam Observation entered through the app" in data["error"]
+
+
+def test_the_cli_prints_the_kind_and_the_exam_verdict(
+    sandbox: Sandbox, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    exam = _exam(sandbox)
+    monkeypatch.setenv("SMART_APP_FHIR_TOKEN", sandbox.token)
+    assert cli_main(["audit", "list", "--fhir-base", sandbox.base, "--patient", "dnguyen"]) == 0
+    listed = capsys.readouterr().out
+    assert " exam " in listed and "recorded" in listed
+    assert cli_main(["audit", "verify", "--fhir-base", sandbox.base, "--assessment", exam["provenance"]]) == 0
+    assert "AS ENTERED" in capsys.readouterr().out

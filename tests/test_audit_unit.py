@@ -177,6 +177,7 @@ def test_clean_write_listed_once() -> None:
     assert len(data["writes"]) == 1
     write = data["writes"][0]
     assert set(write) == {
+        "kind",
         "assessment",
         "patient",
         "written_at",
@@ -193,6 +194,7 @@ def test_clean_write_listed_once() -> None:
     assert write["resources"] == ["ClinicalImpression/ci1", "ServiceRequest/sr1"]
     assert write["provenance"] == "Provenance/prov1"
     assert write["status"] == "draft"
+    assert write["kind"] == "assessment"
     assert "1 write(s)" in render_list(report)
 
 

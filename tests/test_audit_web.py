@@ -94,7 +94,8 @@ def test_page_explains_each_write(app: Any, sandbox: Sandbox, tmp_path: Path) ->
         "Does not reproduce",
         "Possible back mice",
         "Probable back mice",
-        "https://smart-app.example/fhir/criteria/back-mice version 1.1.0",  # the newest release
+        "criteria release 1.1.0",  # the newest release, named
+        "Bone fragility (osteoporosis or long-term systemic steroids): warning",  # a red flag by its name
         AUTHOR,
         ok["assessment"],
         "procedure suggestion",
@@ -120,3 +121,85 @@ def test_patient_level_launch_sees_only_its_patient(app: Any, sandbox: Sandbox) 
     assert mine["assessment"] in html
     assert other["assessment"] not in html
     assert "1 write(s) found" in html
+
+
+def exam_answers() -> Any:
+    from smart_app.drafts.exam import ExamAnswers, ExamSite
+
+    return ExamAnswers(
+        {"NODULE": "present", "PAIN_REPRODUCED": "present", "NEURO_DEFICIT": "none"},
+        ExamSite(text="posterior iliac crest", side="left"),
+    )
+
+
+def test_an_exam_entered_through_the_app_is_its_own_kind_of_write(app: Any, sandbox: Sandbox) -> None:
+    exam = sandbox.exam_for("dnguyen", exam_answers())
+    client = app.test_client()
+    launch(app, client, sandbox, "launch openid fhirUser user/*.rs", sandbox.token, patient="dnguyen")
+    html = client.get("/audit?patient=dnguyen").get_data(as_text=True)
+    text = re.sub(r"<[^>]+>", "", html)
+    assert "Exam entered through the app" in text
+    assert "As entered" in text and "Exam findings as the clinician entered them" in text
+    assert "Subcutaneous nodule: Present, left posterior iliac crest" in text
+    assert "Ada Lovelace (Practitioner/dr-ada)" in text  # the clinician by name
+    assert "David Nguyen" in text  # the patient by name
+    for ref in exam["observations"]:
+        assert f'href="/chart/{ref}"' in html  # opened in the app's own view
+
+
+def test_the_write_history_opens_in_a_new_tab_through_a_single_use_ticket(
+    app: Any, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """The frame's session cookie is partitioned under the EHR's site: a new tab has none. The audit page
+    in the frame links to a ticket that opens it once, for the audit pages only, without the ticket left
+    in the tab's URL; the server keeps only the ticket's SHA-256."""
+    import hashlib
+
+    sandbox.write_for("apatel")
+    frame = app.test_client()
+    launch(
+        app,
+        frame,
+        sandbox,
+        "launch openid fhirUser patient/*.rs",
+        sandbox.new_token(("patient/*.rs",), patient="apatel"),
+        patient="apatel",
+    )
+    html = frame.get("/audit").get_data(as_text=True)
+    link = re.search(
+        r'href="(/audit/enter\?ticket=([^"]+))"[^>]*target="_blank"[^>]*rel="noopener noreferrer"', html
+    )
+    assert link, html[:2000]
+    ticket = link.group(2)
+    stored = [p.name for p in (Path(app.instance_path) / "handoff").iterdir()]
+    assert hashlib.sha256(ticket.encode()).hexdigest() in stored and not any(ticket in n for n in stored)
+
+    tab = app.test_client()  # a new tab: no cookie of the frame's
+    assert tab.get("/audit").status_code == 401
+    entered = tab.get(link.group(1))
+    assert entered.status_code == 303
+    assert "ticket" not in entered.headers["Location"] and entered.headers["Location"].startswith("/audit")
+    page = tab.get(entered.headers["Location"])
+    assert page.status_code == 200 and "1 write(s) found" in page.get_data(as_text=True)
+    assert "/audit/enter" not in page.get_data(as_text=True)  # no further ticket handed out from the tab
+    assert tab.get("/review").status_code == 401  # the tab may audit, not review or write
+    assert tab.post("/writeback", data={"draft_digest": "x"}).status_code in (401, 403)
+
+    again = app.test_client().get(link.group(1))  # used once
+    assert again.status_code == 410 and "expired" in again.get_data(as_text=True)
+    log = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert [x["outcome"] for x in log if x["kind"] == "handoff"] == ["opened", "refused"]
+    assert ticket not in (tmp_path / "audit.jsonl").read_text()
+
+
+def test_an_expired_ticket_opens_nothing(app: Any, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time as clock
+
+    frame = app.test_client()
+    launch(app, frame, sandbox, "launch openid fhirUser user/*.rs", sandbox.token)
+    html = frame.get("/audit").get_data(as_text=True)
+    link = re.search(r'href="(/audit/enter\?ticket=[^"]+)"', html)
+    assert link
+    later = clock.time() + 121
+    monkeypatch.setattr("smart_app.web.handoff.time.time", lambda: later)
+    assert app.test_client().get(link.group(1).replace("&amp;", "&")).status_code == 410

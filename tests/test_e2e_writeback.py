@@ -224,11 +224,16 @@ def test_write_read_back_repeat_and_new_evidence(stack: Stack) -> None:
         for rtype in ("ClinicalImpression", "ServiceRequest", "DetectedIssue", "Provenance"):
             assert rtype in types
         assert len(rows) == len(bundle["entry"])
-        for row in rows:  # each row links to the resource as stored
-            assert row["href"] == f"{stack.fhir_base}/{row['type']}/{row['id']}"
-            linked = chart.http.get(row["href"], timeout=TIMEOUT)
-            assert linked.status_code == 200 and linked.json()["id"] == row["id"]
-            assert linked.json()["meta"]["versionId"] == row["version"]
+        for row in rows:  # each row opens the resource in the app's own view (never raw FHIR in the frame)
+            stored = chart.http.get(f"{stack.fhir_base}/{row['type']}/{row['id']}", timeout=TIMEOUT)
+            assert stored.status_code == 200 and stored.json()["meta"]["versionId"] == row["version"]
+            if row["type"] == "Device":
+                assert row["href"] == ""
+                continue
+            assert row["href"] == f"/chart/{row['type']}/{row['id']}"
+            shown = browser.get(f"{stack.app_url}{row['href']}", timeout=TIMEOUT)
+            assert shown.status_code == 200 and shown.headers["Content-Type"].startswith("text/html")
+            assert f"version {row['version']}" in re.sub(r"<[^>]+>", "", shown.text)
         drafted = [r for r in rows if r["type"] != "Device"]
         assert all(r["result"] == "created" for r in drafted), rows
 
@@ -392,7 +397,7 @@ def test_without_write_scopes_the_draft_is_offered_as_a_download(tmp_path: Path)
             assert all(e["request"]["ifNoneExist"] for e in bundle["entry"])
 
             # a hand-made POST of this very draft (its digest as the app computes it) is refused too
-            digest = hashlib.sha256(json.dumps(bundle, sort_keys=True).encode()).hexdigest()[:16]
+            digest = hashlib.sha256(json.dumps(bundle, sort_keys=True).encode()).hexdigest()
             csrf = re.search(r'name="csrf_token" value="([^"]+)"', review.text)
             token = html.unescape(csrf.group(1)) if csrf else ""
             refused = post_write(running, browser, {"csrf_token": token, "draft_digest": digest})

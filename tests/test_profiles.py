@@ -320,7 +320,10 @@ def test_value_set_expansion() -> None:
     assert flags is not None and len(flags) == 9
     assert (f"{CANONICAL}/CodeSystem/back-mice-red-flag", "cauda-equina") in flags
     assert checker.expand(f"{CANONICAL}/ValueSet/draft-workflow") == frozenset(
-        {(f"{CANONICAL}/CodeSystem/workflow", "draft-requires-review")}
+        {
+            (f"{CANONICAL}/CodeSystem/workflow", "draft-requires-review"),
+            (f"{CANONICAL}/CodeSystem/workflow", "entered-through-app"),
+        }
     )
     assert checker.expand("http://hl7.org/fhir/ValueSet/other") is None
 

@@ -270,14 +270,16 @@ def test_unsupported_filter_is_refused() -> None:
 
 
 def test_no_second_code_list_in_python() -> None:
-    """Codes live in the released terminology files only: the clinical core and the drafts hold no
-    SNOMED/ICD/LOINC/RxNorm/CPT literals."""
+    """Codes live in the released terminology files only: the clinical core, the drafts (the exam's
+    included) and the exam form hold no SNOMED/ICD/LOINC/RxNorm/CPT literals."""
     mine = [
         *sorted((ROOT / "smart_app" / "clinical").glob("*.py")),
         *sorted((ROOT / "smart_app" / "drafts").glob("*.py")),
+        ROOT / "smart_app" / "web" / "exam.py",
         ROOT / "smart_app" / "fhirjson.py",
         ROOT / "smart_app" / "vocabulary.py",
     ]
+    assert ROOT / "smart_app" / "drafts" / "exam.py" in mine
     pattern = re.compile(r"^(\d{5,18}|[A-Z]\d{2}(\.\d{1,4}[A-Z]?)?|\d{4,5}-\d|LA\d+-\d)$")
     for name in mine:
         tree = ast.parse(name.read_text())
@@ -285,3 +287,36 @@ def test_no_second_code_list_in_python() -> None:
             n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
         ]
         assert [v for v in literals if pattern.match(v)] == [], name
+
+
+@pytest.mark.parametrize("version", ["1.0.0", "1.1.0"])
+def test_the_exam_records_each_finding_with_a_code_its_release_reads(version: str) -> None:
+    """Every code the exam form writes is one the release reads that finding with (its ValueSet), the
+    present/absent values are the release's, and its sites are typical sites of the release."""
+    from smart_app.clinical.recording import exam_terms
+
+    criteria = default_registry().get(version)
+    terms = exam_terms(criteria)
+    term = criteria.terminology
+    specs = {spec["id"]: spec for spec in criteria.findings}
+    assert [q.finding for q in terms.questions] == [
+        "NODULE",
+        "PAIN_REPRODUCED",
+        "NEURO_DEFICIT",
+        "INJECTION_RELIEF",
+    ]
+    for question in terms.questions:
+        spec = specs[question.finding]
+        if question.coding is not None:
+            assert term.contains(
+                spec["observations"][0]["valueset"], question.coding["system"], question.coding["code"]
+            )
+        for sign in question.signs:
+            valueset = next(s["valueset"] for s in spec["signs"] if s["id"] == sign.id)
+            assert term.contains(valueset, sign.coding["system"], sign.coding["code"])
+    reading = criteria.data["reading"]
+    assert term.contains(reading["present_valueset"], terms.present["system"], terms.present["code"])
+    assert term.contains(reading["absent_valueset"], terms.absent["system"], terms.absent["code"])
+    assert terms.sites and all(
+        term.contains(criteria.data["typical_site"]["valueset"], c["system"], c["code"]) for c in terms.sites
+    )

@@ -113,6 +113,8 @@ class FakeEhr:
                             "Provenance", "Device"))
         rsps.add_callback(responses.GET, re.compile(re.escape(base) + rf"/({written})\?.*$"),
                           callback=self._search_stored)
+        rsps.add_callback(responses.GET, re.compile(re.escape(base) + rf"/({written}|Observation)/[^/?]+$"),
+                          callback=self._read_stored)
 
     def _search_stored(self, request: Any) -> tuple[int, dict[str, str], str]:
         from urllib.parse import parse_qsl, urlsplit
@@ -131,6 +133,18 @@ class FakeEhr:
 
         found = [r for r in self.stored if matches(r)]
         return 200, {"Content-Type": "application/fhir+json"}, json.dumps(bundle(found))
+
+    def _read_stored(self, request: Any) -> tuple[int, dict[str, str], str]:
+        """A read of a resource an accepted transaction stored (404 otherwise, as an EHR answers)."""
+        from urllib.parse import urlsplit
+
+        rtype, rid = urlsplit(request.url).path.rsplit("/", 2)[-2:]
+        for resource in self.stored:
+            if resource["resourceType"] == rtype and resource["id"] == rid:
+                return 200, {"Content-Type": "application/fhir+json"}, json.dumps(resource)
+        outcome = {"resourceType": "OperationOutcome",
+                   "issue": [{"severity": "error", "code": "not-found", "diagnostics": "Not found"}]}
+        return 404, {"Content-Type": "application/fhir+json"}, json.dumps(outcome)
 
     def serve(self, resources: list[dict[str, Any]], pat: dict[str, Any] | None = None,
               fail: dict[str, int] | None = None) -> None:
@@ -157,11 +171,17 @@ class FakeEhr:
             body = json.loads(request.body)
             self.writes.append(body)
             entries = []
-            for i, entry in enumerate(body.get("entry") or []):
-                rtype = entry["resource"]["resourceType"]
-                self.stored.append({**entry["resource"], "id": f"w{i}", "meta": {
+            given = enumerate(body.get("entry") or [])
+            ids = {e.get("fullUrl"): f"w{len(self.stored) + i}" for i, e in given}
+            for entry in body.get("entry") or []:
+                rtype, rid = entry["resource"]["resourceType"], ids[entry.get("fullUrl")]
+                text = json.dumps(entry["resource"])
+                for full_url, given in ids.items():  # references between entries, as the EHR resolves them
+                    if full_url:
+                        text = text.replace(f'"{full_url}"', f'"{rtype_of(body, full_url)}/{given}"')
+                self.stored.append({**json.loads(text), "id": rid, "meta": {
                     **entry["resource"].get("meta", {}), "versionId": "1"}})
-                entries.append({"response": {"status": "201 Created", "location": f"{rtype}/w{i}/_history/1",
+                entries.append({"response": {"status": "201 Created", "location": f"{rtype}/{rid}/_history/1",
                                              "etag": 'W/"1"'}})
             return 200, {"Content-Type": "application/fhir+json"}, json.dumps(
                 {"resourceType": "Bundle", "type": "transaction-response", "entry": entries})
@@ -172,6 +192,12 @@ class FakeEhr:
         self.rsps.add(responses.POST, re.compile(re.escape(self.base) + r"/?$"), status=status, json={
             "resourceType": "OperationOutcome",
             "issue": [{"severity": "error", "code": "processing", "diagnostics": text}]})
+
+
+def rtype_of(body: dict[str, Any], full_url: str) -> str:
+    """The resource type of the transaction entry whose fullUrl is ``full_url``."""
+    entries = body.get("entry") or []
+    return next(e["resource"]["resourceType"] for e in entries if e.get("fullUrl") == full_url)
 
 
 def fake_launch(scope: str = ALL_SCOPES, **extra: Any) -> dict[str, Any]:

@@ -121,6 +121,7 @@ def render_list(report: AuditReport | dict[str, Any]) -> str:
         rows = [
             [
                 str(w.get("written_at") or "-"),
+                str(w.get("kind") or "assessment"),
                 str(w.get("patient") or "-"),
                 str(w.get("assessment") or "-"),
                 str(w.get("status")),
@@ -132,7 +133,8 @@ def render_list(report: AuditReport | dict[str, Any]) -> str:
             for w in writes
         ]
         lines += _table(
-            rows, ["written", "patient", "assessment", "status", "criteria", "author", "provenance", "res"]
+            rows,
+            ["written", "kind", "patient", "assessment", "status", "criteria", "author", "provenance", "res"],
         )
     findings = data.get("findings") or []
     lines += ["", f"{len(findings)} finding(s)" + (":" if findings else " - clean")]
@@ -142,7 +144,10 @@ def render_list(report: AuditReport | dict[str, Any]) -> str:
 
 def render_verify(report: VerifyReport | dict[str, Any]) -> str:
     data = report.to_json() if isinstance(report, VerifyReport) else report
-    verdict = "REPRODUCED" if data.get("reproduced") else "NOT REPRODUCED"
+    if data.get("kind") == "exam":
+        verdict = "AS ENTERED" if data.get("reproduced") else "CHANGED SINCE ENTERED"
+    else:
+        verdict = "REPRODUCED" if data.get("reproduced") else "NOT REPRODUCED"
     crit = data.get("criteria") or {}
     lines = [
         f"{data.get('assessment')}: {verdict}",
@@ -242,7 +247,9 @@ def add_commands(commands: Any) -> None:
     verify.add_argument("--fhir-base", help=f"FHIR base URL (bearer token from ${TOKEN_ENV})")
     verify.add_argument("--bundle", help="an export Bundle with the written resources and source versions")
     verify.add_argument(
-        "--assessment", help="ClinicalImpression/ID (with --bundle: default every assessment)"
+        "--assessment",
+        help="ClinicalImpression/ID, or an exam's Observation/ID or Provenance/ID "
+        "(with --bundle: default every assessment)",
     )
     verify.add_argument(
         "--criteria-dir", action="append", help="extra directory of published criteria versions (repeatable)"

@@ -1,5 +1,6 @@
 """``audit list``: every resource the app wrote, grouped per write, with its status and the findings an
-auditor should look at (docs/auditors.md#list)."""
+auditor should look at (docs/auditors.md#list). Two kinds of write: the app's drafts of an assessment, and
+the focused exam a clinician entered through the app (docs/auditors.md#exam), told apart by their tags."""
 
 from __future__ import annotations
 
@@ -9,16 +10,19 @@ from datetime import date, datetime
 from typing import Any
 
 from smart_app.audit.model import (
+    ASSESSMENT,
+    EXAM,
     AuditReport,
     Finding,
     Write,
     WrittenResource,
-    draft_identifiers,
-    has_workflow_tag,
+    app_identifiers,
+    has_app_tag,
+    has_entered_tag,
     split_canonical,
 )
 from smart_app.audit.source import NotAccessible, NotFound, Source, UnsupportedSearch
-from smart_app.drafts.written import ASSESSMENT_TYPES, DRAFT_TYPES, resource_state
+from smart_app.drafts.written import ASSESSMENT_TYPES, DRAFT_TYPES, EXAM_TYPES, resource_state
 from smart_app.fhirjson import Ref, version_id
 from smart_app.fhirjson import reference as _reference
 from smart_app.vocabulary import (
@@ -27,12 +31,16 @@ from smart_app.vocabulary import (
     DEVICE_IDENTIFIER_SYSTEM,
     DEVICE_IDENTIFIER_VALUE,
     DRAFT_IDENTIFIER_SYSTEM,
+    ENTERED_CODE,
+    EXAM_IDENTIFIER_SYSTEM,
     WORKFLOW_CODE,
     WORKFLOW_SYSTEM,
 )
 
 TAG_PARAM = f"{WORKFLOW_SYSTEM}|{WORKFLOW_CODE}"
+ENTERED_TAG_PARAM = f"{WORKFLOW_SYSTEM}|{ENTERED_CODE}"
 IDENTIFIER_PARAM = f"{DRAFT_IDENTIFIER_SYSTEM}|"
+EXAM_IDENTIFIER_PARAM = f"{EXAM_IDENTIFIER_SYSTEM}|"
 DEVICE_IDENTIFIER_PARAM = f"{DEVICE_IDENTIFIER_SYSTEM}|{DEVICE_IDENTIFIER_VALUE}"
 
 #: Elements that a sign-off or a server may legitimately change; anything else differing from the
@@ -213,9 +221,10 @@ def list_writes(source: Source, patient: str | None = None, since: date | None =
     """Find every write-back of the app on ``source`` and check each against what is there now.
 
     Found by ``Provenance`` naming ``Device/smart-app-back-mice`` as agent, and by ``meta.tag``
-    draft-requires-review / the draft identifier system on the written resource types. A write is the set
-    of targets of one app Provenance; written resources no Provenance covers are grouped around their
-    assessment and reported.
+    draft-requires-review / entered-through-app and the draft / exam identifier systems on the written
+    resource types. A write is the set of targets of one app Provenance (an exam write when the Provenance
+    says the data was entered through the app); written resources no Provenance covers are grouped around
+    their assessment (exam Observations, per Observation) and reported.
     """
     patient_ref = (
         None if patient is None else (patient if patient.startswith("Patient/") else f"Patient/{patient}")
@@ -225,23 +234,30 @@ def list_writes(source: Source, patient: str | None = None, since: date | None =
 
     devices = app_device_refs(source)
     col.devices = devices
-    provenances = col.search_any("Provenance", [[{"_tag": TAG_PARAM}], [{"agent": APP_DEVICE}]])
+    provenances = col.search_any(
+        "Provenance", [[{"_tag": TAG_PARAM}], [{"_tag": ENTERED_TAG_PARAM}], [{"agent": APP_DEVICE}]]
+    )
     candidates: dict[str, dict[str, Any]] = {}
-    for rtype in DRAFT_TYPES:
+    for rtype in (*DRAFT_TYPES, *EXAM_TYPES):
         extra = _patient_params(rtype, patient_ref)
+        tag, identifier = (
+            (ENTERED_TAG_PARAM, EXAM_IDENTIFIER_PARAM)
+            if rtype in EXAM_TYPES
+            else (TAG_PARAM, IDENTIFIER_PARAM)
+        )
         variants = [
-            _with_fallback({"_tag": TAG_PARAM}, extra),
-            _with_fallback({"identifier": IDENTIFIER_PARAM}, extra),
+            _with_fallback({"_tag": tag}, extra),
+            _with_fallback({"identifier": identifier}, extra),
         ]
         for res in col.search_any(rtype, variants):
-            if has_workflow_tag(res) or draft_identifiers(res):
+            if has_app_tag(res) or app_identifiers(res):
                 candidates[reference_of_resource(res)] = res
 
     writes: list[Write] = []
     covered: set[str] = set()
     for prov in sorted(provenances, key=lambda p: (str(p.get("recorded")), reference_of_resource(p))):
         if not is_app_provenance(prov, devices):
-            if has_workflow_tag(prov):
+            if has_app_tag(prov):
                 findings.append(
                     Finding(
                         "tag-without-provenance",
@@ -263,7 +279,7 @@ def list_writes(source: Source, patient: str | None = None, since: date | None =
             writes.append(write)
             findings.extend(write_findings)
     for ref, res in sorted(orphans.items()):
-        if draft_identifiers(res):
+        if app_identifiers(res):
             continue
         if patient_ref is not None and patient_of(res) != patient_ref:
             continue
@@ -319,7 +335,7 @@ def _check_resource(col: _Collector, ref: Ref, findings: list[Finding]) -> Writt
     return item
 
 
-def _write_status(resources: list[WrittenResource], assessment: str | None) -> str:
+def _write_status(resources: list[WrittenResource], assessment: str | None, kind: str = ASSESSMENT) -> str:
     main = next((r for r in resources if r.reference == assessment), None)
     if main is not None and main.state == "entered-in-error":
         return "entered-in-error"
@@ -327,6 +343,8 @@ def _write_status(resources: list[WrittenResource], assessment: str | None) -> s
         return "entered-in-error"
     if any(r.changed or r.state == "missing" for r in resources):
         return "changed-since-written"
+    if kind == EXAM:
+        return "recorded"
     if main is not None and main.state == "signed":
         return "signed"
     return "draft"
@@ -381,6 +399,7 @@ def _write_from_provenance(col: _Collector, prov: dict[str, Any]) -> tuple[Write
     patient = next(
         (p for r in resources if r.resource is not None and (p := patient_of(r.resource)) is not None), None
     )
+    kind = EXAM if has_entered_tag(prov) else ASSESSMENT
     write = Write(
         assessment=assessment,
         patient=patient,
@@ -389,9 +408,10 @@ def _write_from_provenance(col: _Collector, prov: dict[str, Any]) -> tuple[Write
         criteria=provenance_criteria(prov),
         resources=resources,
         provenance=prov_ref,
-        status=_write_status(resources, assessment),
+        status=_write_status(resources, assessment, kind),
         provenance_resource=prov,
         sources=sources,
+        kind=kind,
     )
     return write, findings
 
@@ -408,14 +428,15 @@ def _referenced(resource: dict[str, Any]) -> set[str]:
 
 
 def _orphan_writes(col: _Collector, orphans: dict[str, dict[str, Any]]) -> list[tuple[Write, list[Finding]]]:
-    """App-identified resources no app Provenance covers: one write per assessment, plus what points to it."""
-    ours = {ref: res for ref, res in orphans.items() if draft_identifiers(res)}
+    """App-identified resources no app Provenance covers: one write per assessment, plus what points to it;
+    an exam Observation is a write of its own."""
+    ours = {ref: res for ref, res in orphans.items() if app_identifiers(res)}
     groups: dict[str, list[str]] = {}
     for ref, res in sorted(ours.items()):
-        if res.get("resourceType") in ASSESSMENT_TYPES:
+        if res.get("resourceType") in (*ASSESSMENT_TYPES, *EXAM_TYPES):
             groups.setdefault(ref, []).append(ref)
     for ref, res in sorted(ours.items()):
-        if res.get("resourceType") in ASSESSMENT_TYPES:
+        if res.get("resourceType") in (*ASSESSMENT_TYPES, *EXAM_TYPES):
             continue
         owner = next((a for a in sorted(_referenced(res)) if a in groups), ref)
         groups.setdefault(owner, []).append(ref)
@@ -433,6 +454,7 @@ def _orphan_writes(col: _Collector, orphans: dict[str, dict[str, Any]]) -> list[
             )
         assessment = owner if ours[owner].get("resourceType") in ASSESSMENT_TYPES else None
         main = ours[owner]
+        kind = EXAM if main.get("resourceType") in EXAM_TYPES else ASSESSMENT
         out.append(
             (
                 Write(
@@ -443,7 +465,8 @@ def _orphan_writes(col: _Collector, orphans: dict[str, dict[str, Any]]) -> list[
                     criteria=_criteria_from_resource(main),
                     resources=resources,
                     provenance=None,
-                    status=_write_status(resources, assessment),
+                    status=_write_status(resources, assessment, kind),
+                    kind=kind,
                 ),
                 findings,
             )

@@ -6,25 +6,62 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from smart_app.vocabulary import DRAFT_IDENTIFIER_SYSTEM, WORKFLOW_CODE, WORKFLOW_SYSTEM
+from smart_app.vocabulary import (
+    DRAFT_IDENTIFIER_SYSTEM,
+    ENTERED_CODE,
+    EXAM_IDENTIFIER_SYSTEM,
+    WORKFLOW_CODE,
+    WORKFLOW_SYSTEM,
+)
+
+#: The kinds of write: the app's drafts of an assessment, or an exam a clinician entered through it.
+ASSESSMENT, EXAM = "assessment", "exam"
 
 
-def has_workflow_tag(resource: dict[str, Any]) -> bool:
-    """Whether ``meta.tag`` carries the app's draft workflow tag."""
+def _tagged(resource: dict[str, Any], code: str) -> bool:
     return any(
-        t.get("system") == WORKFLOW_SYSTEM and t.get("code") == WORKFLOW_CODE
+        t.get("system") == WORKFLOW_SYSTEM and t.get("code") == code
         for t in (resource.get("meta") or {}).get("tag") or []
         if isinstance(t, dict)
     )
 
 
-def draft_identifiers(resource: dict[str, Any]) -> list[str]:
-    """Values of the app's deterministic draft identifiers on ``resource``."""
+def has_workflow_tag(resource: dict[str, Any]) -> bool:
+    """Whether ``meta.tag`` carries the app's draft workflow tag."""
+    return _tagged(resource, WORKFLOW_CODE)
+
+
+def has_entered_tag(resource: dict[str, Any]) -> bool:
+    """Whether ``meta.tag`` says a clinician entered it through the app (the focused exam)."""
+    return _tagged(resource, ENTERED_CODE)
+
+
+def has_app_tag(resource: dict[str, Any]) -> bool:
+    """Whether ``meta.tag`` carries either of the app's workflow tags."""
+    return has_workflow_tag(resource) or has_entered_tag(resource)
+
+
+def _identifiers(resource: dict[str, Any], system: str) -> list[str]:
     return [
         str(i.get("value"))
         for i in resource.get("identifier") or []
-        if isinstance(i, dict) and i.get("system") == DRAFT_IDENTIFIER_SYSTEM and i.get("value")
+        if isinstance(i, dict) and i.get("system") == system and i.get("value")
     ]
+
+
+def draft_identifiers(resource: dict[str, Any]) -> list[str]:
+    """Values of the app's deterministic draft identifiers on ``resource``."""
+    return _identifiers(resource, DRAFT_IDENTIFIER_SYSTEM)
+
+
+def exam_identifiers(resource: dict[str, Any]) -> list[str]:
+    """Values of the identifiers of an exam Observation entered through the app."""
+    return _identifiers(resource, EXAM_IDENTIFIER_SYSTEM)
+
+
+def app_identifiers(resource: dict[str, Any]) -> list[str]:
+    """The app's identifiers on ``resource``, of either kind of write."""
+    return draft_identifiers(resource) + exam_identifiers(resource)
 
 
 def split_canonical(value: str) -> tuple[str, str | None]:
@@ -72,9 +109,12 @@ class Write:
     status: str
     provenance_resource: dict[str, Any] | None = None
     sources: list[str] = field(default_factory=list)
+    #: ``assessment`` (the app's drafts) or ``exam`` (findings a clinician entered through the app)
+    kind: str = ASSESSMENT
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "kind": self.kind,
             "assessment": self.assessment,
             "patient": self.patient,
             "written_at": self.written_at,
@@ -124,9 +164,12 @@ class VerifyReport:
     notes: list[str] = field(default_factory=list)
     written: dict[str, Any] = field(default_factory=dict)
     recomputed: dict[str, Any] = field(default_factory=dict)
+    #: ``assessment`` (re-run of the criteria) or ``exam`` (the findings checked as entered)
+    kind: str = ASSESSMENT
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "kind": self.kind,
             "assessment": self.assessment,
             "reproduced": self.reproduced,
             "differences": [d.to_json() for d in self.differences],

@@ -12,6 +12,11 @@ matches, the extension, the Provenance or the identifier was changed after the w
 The software that concluded is named per write by the Provenance's back-mice-software-version extension;
 the report says which version wrote, which reproduced and, when they differ, whether the conclusion still
 matches (docs/clinical-criteria.md#what-the-app-writes).
+
+An exam a clinician entered through the app concludes nothing to re-run: :func:`verify_exam` explains
+what it records, finding by finding, in the terms of the criteria release that coded it, and checks that
+it is still as entered: every Observation its Provenance names is there, unchanged since written, its
+identifier the hash of what it records, performed by the Provenance's author (docs/auditors.md#exam).
 """
 
 from __future__ import annotations
@@ -25,24 +30,30 @@ from typing import Any
 
 from smart_app import __version__
 from smart_app.audit.listing import (
+    ENTERED_TAG_PARAM,
     TAG_PARAM,
     app_device_refs,
+    changed_elements,
     is_app_provenance,
+    provenance_author,
     provenance_criteria,
 )
 from smart_app.audit.model import (
+    EXAM,
     AuditInputError,
     Difference,
     VerifyReport,
     draft_identifiers,
+    exam_identifiers,
+    has_entered_tag,
     split_canonical,
 )
 from smart_app.audit.source import NotAccessible, NotFound, Source, UnsupportedSearch
 from smart_app.drafts.provenance import software_version_of
 from smart_app.drafts.readback import recomputed_conclusion, written_conclusion
-from smart_app.drafts.written import ASSESSMENT_TYPES
-from smart_app.fhirjson import Ref, version_id
-from smart_app.vocabulary import APP_DEVICE, CRITERIA_URL, UNAVAILABLE_EXTENSION
+from smart_app.drafts.written import ASSESSMENT_TYPES, EXAM_TYPES, finding_text
+from smart_app.fhirjson import Ref, concept_label, medication_concept, version_id
+from smart_app.vocabulary import APP_DEVICE, CRITERIA_URL, EXAM_IDENTIFIER_SYSTEM, UNAVAILABLE_EXTENSION
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -61,7 +72,13 @@ def find_provenance(source: Source, target: Ref) -> list[dict[str, Any]]:
     """
     found: dict[str, dict[str, Any]] = {}
     devices = app_device_refs(source)
-    for params in ({"target": target.plain}, {"_tag": TAG_PARAM}, {"agent": APP_DEVICE}):
+    searches = (
+        {"target": target.plain},
+        {"_tag": TAG_PARAM},
+        {"_tag": ENTERED_TAG_PARAM},
+        {"agent": APP_DEVICE},
+    )
+    for params in searches:
         try:
             results = source.search("Provenance", params)
         except UnsupportedSearch:
@@ -144,11 +161,15 @@ def verify_assessment(
     evaluator: Evaluator | None = None,
 ) -> VerifyReport:
     """Reproduce the write whose assessment is ``assessment`` (``ClinicalImpression/ID`` or
-    ``DocumentReference/ID``). Raises :class:`AuditInputError` when it cannot be attempted."""
+    ``DocumentReference/ID``); an exam Observation, or the Provenance of an exam, is explained and checked
+    by :func:`verify_exam`. Raises :class:`AuditInputError` when it cannot be attempted."""
     ref = Ref.parse(assessment)
+    if ref is not None and (ref.type in EXAM_TYPES or ref.type == "Provenance"):
+        return verify_exam(source, assessment, criteria_dirs=criteria_dirs)
     if ref is None or ref.type not in ASSESSMENT_TYPES:
         raise AuditInputError(
-            f"{assessment!r} is not a ClinicalImpression/ID or DocumentReference/ID reference"
+            f"{assessment!r} is not a ClinicalImpression/ID, DocumentReference/ID, or exam Observation/ID "
+            "reference"
         )
     try:
         current = source.read(ref.type, ref.id)
@@ -374,6 +395,9 @@ def _rebuild_record(
                         f"{eref.plain} has changed since the write (version {eref.version} used, now "
                         f"version {version_id(now)}); a new assessment today may conclude differently."
                     )
+        label = concept_label(res.get("code")) or concept_label(medication_concept(res))
+        if label:
+            row["label"] = label  # what the record records, for people reading the report
         rows.append(row)
         if res.get("resourceType") == "Patient":
             patient = res
@@ -403,3 +427,160 @@ def verify_bundle(data: bytes, assessment: str | None = None, **kwargs: Any) -> 
     if not refs:
         raise AuditInputError("the export holds no ClinicalImpression or DocumentReference")
     return [verify_assessment(source, r, **kwargs) for r in refs]
+
+
+def verify_exam(source: Source, reference: str, *, criteria_dirs: Sequence[Path] = ()) -> VerifyReport:
+    """Explain and check the exam write that ``reference`` (an exam ``Observation/ID`` or its
+    ``Provenance/ID``) belongs to: what each Observation records, in the words of the criteria release
+    its Provenance names (which finding it informs), and whether it is still as entered. Raises
+    :class:`AuditInputError` when it cannot be attempted."""
+    from smart_app.drafts.exam import exam_key, provenance_key
+
+    ref = Ref.parse(reference)
+    if ref is None:
+        raise AuditInputError(f"{reference!r} is not a reference")
+    try:
+        current = source.read(ref.type, ref.id)
+    except NotAccessible as exc:
+        raise AuditInputError(f"{ref.plain} cannot be read with the granted scopes") from exc
+    except NotFound as exc:
+        raise AuditInputError(f"{ref.plain} was not found") from exc
+    if ref.type != "Provenance" and not (exam_identifiers(current) or has_entered_tag(current)):
+        raise AuditInputError(f"{ref.plain} is not an exam Observation entered through the app")
+    report = VerifyReport(assessment=ref.plain, reproduced=False, differences=[], kind=EXAM)
+    if ref.type == "Provenance":
+        if not (has_entered_tag(current) and is_app_provenance(current, app_device_refs(source))):
+            raise AuditInputError(f"{ref.plain} is not the Provenance of an exam entered through the app")
+        prov = current
+    else:
+        found = [p for p in find_provenance(source, ref) if has_entered_tag(p)]
+        if not found:
+            report.differences.append(
+                Difference("provenance", None, "an app Provenance naming the clinician who entered it")
+            )
+            report.notes.append(
+                f"No Provenance of an exam entered through the app targets {ref.plain}: who entered it, and "
+                "through what, cannot be traced."
+            )
+            return report
+        prov = found[0]
+    report.provenance = f"Provenance/{prov.get('id')}"
+    criteria = provenance_criteria(prov)
+    report.criteria = criteria
+    author = provenance_author(prov)
+    report.evaluated_at = str(prov.get("recorded") or "") or None
+    questions = _exam_questions(str(criteria.get("version") or ""), criteria_dirs, report.notes)
+    recorded = prov.get("recorded") or "at an unrecorded time"
+    report.notes.append(
+        f"Exam entered by {author or 'an unnamed user'} through the back mice app "
+        f"(version {software_version_of(prov) or 'not named'}), recorded {recorded}, coded with criteria "
+        f"{criteria.get('version') or 'not named'}."
+    )
+    keys: list[str] = []
+    lines: list[str] = []
+    for target in prov.get("target") or []:
+        tref = Ref.parse(target.get("reference")) if isinstance(target, dict) else None
+        if tref is None or tref.type not in EXAM_TYPES:
+            report.differences.append(
+                Difference("provenance", target, "a target that is an exam Observation")
+            )
+            continue
+        written, now = _written_and_current(source, tref, report)
+        if written is None:
+            continue
+        values = exam_identifiers(written)
+        key = exam_key(written)
+        keys.append(values[0] if values else key)
+        if key not in values:
+            report.differences.append(Difference("evidence", values[0] if values else None, key))
+            report.notes.append(
+                f"The identifier of {tref.plain} is not the hash of what it records: it was changed after it "
+                "was entered."
+            )
+        performers = {str((p or {}).get("reference")) for p in written.get("performer") or []}
+        if author and author not in performers:
+            report.differences.append(Difference("performer", sorted(performers), author))
+        informs = _informs(written, questions)
+        line = f"{tref.plain}: {finding_text(written)}" + (f" ({informs})" if informs else "")
+        if now is not None and now is not written:
+            changed = changed_elements(written, now)
+            state = now.get("status")
+            if changed:
+                report.differences.append(Difference("content", tref.plain, "changed: " + ", ".join(changed)))
+                line += f"; changed since entered ({', '.join(changed)})"
+            elif state != written.get("status"):
+                line += f"; now status {state}"
+        lines.append(line)
+    tags = [
+        str(t.get("code"))
+        for t in (prov.get("meta") or {}).get("tag") or []
+        if isinstance(t, dict) and t.get("system") == EXAM_IDENTIFIER_SYSTEM
+    ]
+    if keys and tags and provenance_key(keys) not in tags:
+        report.differences.append(Difference("evidence", tags[0], provenance_key(keys)))
+        report.notes.append(
+            f"The key of {report.provenance} does not match the Observations it names: they, or it, were "
+            "changed after the exam was entered."
+        )
+    report.notes.extend(f"Records {line}" for line in lines)
+    report.written = {"findings": lines}
+    report.recomputed = {"findings": lines}
+    report.reproduced = not report.differences
+    return report
+
+
+def _written_and_current(
+    source: Source, ref: Ref, report: VerifyReport
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The version of an exam Observation as entered (the oldest the server keeps, or the one the
+    Provenance names) and as it is now; ``(None, None)`` when it is gone."""
+    try:
+        now = source.read(ref.type, ref.id)
+    except NotFound:
+        report.differences.append(Difference("provenance", ref.plain, "not found"))
+        report.notes.append(f"{ref.plain} was entered but is no longer in the chart.")
+        return None, None
+    version = ref.version
+    if version is None:
+        try:
+            versions = source.history(ref.type, ref.id)
+        except NotFound:
+            versions = []
+        version = version_id(versions[-1]) if versions else None
+    if version is None or version == version_id(now):
+        return now, now
+    try:
+        return source.vread(ref.type, ref.id, version), now
+    except NotFound:
+        report.notes.append(f"The version of {ref.plain} as entered ({version}) cannot be read back.")
+        return now, now
+
+
+def _exam_questions(version: str, criteria_dirs: Sequence[Path], notes: list[str]) -> list[tuple[str, Any]]:
+    """``(title, coding)`` of each exam question (and sign) of the criteria release ``version``."""
+    from smart_app.clinical.recording import exam_terms
+
+    try:
+        registry = registry_with(criteria_dirs)
+        terms = exam_terms(registry.get(version))
+    except (KeyError, ValueError):
+        notes.append(f"Criteria {version or '(not named)'} are not known here: the findings are not named.")
+        return []
+    out: list[tuple[str, Any]] = []
+    for question in terms.questions:
+        if question.coding is not None:
+            out.append((question.title, question.coding))
+        out.extend((f"{question.title}: {sign.title}", sign.coding) for sign in question.signs)
+    return out
+
+
+def _informs(observation: dict[str, Any], questions: list[tuple[str, Any]]) -> str:
+    codes = {
+        (c.get("system"), c.get("code"))
+        for c in (observation.get("code") or {}).get("coding") or []
+        if isinstance(c, dict)
+    }
+    for title, coding in questions:
+        if (coding.get("system"), coding.get("code")) in codes:
+            return f"the criterion '{title}'"
+    return ""

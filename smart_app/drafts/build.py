@@ -155,13 +155,14 @@ def full_url(system: str, value: str) -> str:
     return f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, f'{system}|{value}')}"
 
 
-def _iso(moment: datetime) -> str:
+def iso_instant(moment: datetime) -> str:
+    """``moment`` as a FHIR instant in UTC (``...Z``); a naive time is refused."""
     if moment.tzinfo is None:
         raise DraftingError("recorded must be timezone-aware")
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def _narrative(
+def narrative(
     paragraphs: Sequence[str], items: Sequence[str] = (), banner: str | None = DRAFT_BANNER
 ) -> dict[str, str]:
     """R4 narrative.html: ``generated`` XHTML; every EHR-derived string is escaped."""
@@ -218,6 +219,36 @@ def basis_text(checklist: Iterable[Mapping[str, Any]], red_flags: Sequence[Mappi
     )
 
 
+def device_entry() -> dict[str, Any]:
+    """The Bundle entry of the app's Device: a conditional create on its identifier, so the EHR holds one
+    Device for the app whatever the number of writes; every Provenance names it as assembler."""
+    version = app_version()
+    resource = {
+        "resourceType": "Device",
+        "meta": {"profile": [profile_url("Device")]},
+        "text": narrative(
+            [f"Back mice decision-support app (SMART on FHIR), version {version}."], banner=None
+        ),
+        "identifier": [{"system": DEVICE_IDENTIFIER_SYSTEM, "value": DEVICE_IDENTIFIER_VALUE}],
+        "status": "active",
+        "deviceName": [
+            {"name": "Back mice decision support", "type": "user-friendly-name"},
+            {"name": DEVICE_IDENTIFIER_VALUE, "type": "model-name"},
+        ],
+        "type": {"text": "Clinical decision support software"},
+        "version": [{"value": version}],
+    }
+    return {
+        "fullUrl": full_url(DEVICE_IDENTIFIER_SYSTEM, DEVICE_IDENTIFIER_VALUE),
+        "resource": resource,
+        "request": {
+            "method": "POST",
+            "url": "Device",
+            "ifNoneExist": f"identifier={DEVICE_IDENTIFIER_SYSTEM}|{DEVICE_IDENTIFIER_VALUE}",
+        },
+    }
+
+
 class _Builder:
     def __init__(
         self,
@@ -259,7 +290,7 @@ class _Builder:
         self.as_of = as_of
         self.author = author
         self.encounter = encounter
-        self.recorded = _iso(recorded)
+        self.recorded = iso_instant(recorded)
         self.assessment_as = assessment_as
         self.sources: list[Mapping[str, Any]] = [
             s for s in assessment.get("sources") or [] if isinstance(s, Mapping) and s.get("reference")
@@ -300,33 +331,7 @@ class _Builder:
     # -- resources --------------------------------------------------------------------------------
 
     def device(self) -> None:
-        version = app_version()
-        resource = {
-            "resourceType": "Device",
-            "meta": {"profile": [profile_url("Device")]},
-            "text": _narrative(
-                [f"Back mice decision-support app (SMART on FHIR), version {version}."], banner=None
-            ),
-            "identifier": [{"system": DEVICE_IDENTIFIER_SYSTEM, "value": DEVICE_IDENTIFIER_VALUE}],
-            "status": "active",
-            "deviceName": [
-                {"name": "Back mice decision support", "type": "user-friendly-name"},
-                {"name": DEVICE_IDENTIFIER_VALUE, "type": "model-name"},
-            ],
-            "type": {"text": "Clinical decision support software"},
-            "version": [{"value": version}],
-        }
-        self.entries.append(
-            {
-                "fullUrl": self.device_url,
-                "resource": resource,
-                "request": {
-                    "method": "POST",
-                    "url": "Device",
-                    "ifNoneExist": f"identifier={DEVICE_IDENTIFIER_SYSTEM}|{DEVICE_IDENTIFIER_VALUE}",
-                },
-            }
-        )
+        self.entries.append(device_entry())
 
     def assessment_text(self) -> tuple[list[str], list[str]]:
         """The narrative: the assessment's opening sentence first (from criteria 1.1.0 it states the
@@ -384,7 +389,7 @@ class _Builder:
         resource: dict[str, Any] = {
             "resourceType": "ClinicalImpression",
             "meta": _draft_meta("ClinicalImpression"),
-            "text": _narrative(paragraphs, items),
+            "text": narrative(paragraphs, items),
             "extension": [
                 {"url": NEXT_STEP_EXTENSION, "valueCoding": dict(self.next_step)},
                 *self.unavailable_extensions(),
@@ -424,13 +429,13 @@ class _Builder:
     def document_reference(self) -> str:
         a = self.a
         paragraphs, items = self.assessment_text()
-        narrative = _narrative(paragraphs, items)
+        note = narrative(paragraphs, items)
         key = self.key("DocumentReference")
         authors = ([self.author] if self.author else []) + [self.device_url]
         resource: dict[str, Any] = {
             "resourceType": "DocumentReference",
             "meta": _draft_meta("DocumentReference"),
-            "text": narrative,
+            "text": note,
             "extension": [
                 {"url": CLASSIFICATION_EXTENSION, "valueCoding": dict(self.classification)},
                 {"url": NEXT_STEP_EXTENSION, "valueCoding": dict(self.next_step)},
@@ -449,7 +454,7 @@ class _Builder:
                     "attachment": {
                         "contentType": "text/html",
                         "language": "en",
-                        "data": base64.b64encode(narrative["div"].encode("utf-8")).decode("ascii"),
+                        "data": base64.b64encode(note["div"].encode("utf-8")).decode("ascii"),
                         "title": "Back mice criteria assessment (draft)",
                     }
                 }
@@ -482,7 +487,7 @@ class _Builder:
         resource: dict[str, Any] = {
             "resourceType": "ServiceRequest",
             "meta": _draft_meta("ServiceRequest"),
-            "text": _narrative(
+            "text": narrative(
                 [f"Suggested: {text}.", f"Kind: {suggestion.get('kind')}; criteria {self.criteria}.", caveat]
             ),
             "identifier": self.identifier(key),
@@ -524,7 +529,7 @@ class _Builder:
         resource: dict[str, Any] = {
             "resourceType": "DetectedIssue",
             "meta": _draft_meta("DetectedIssue"),
-            "text": _narrative([f"Red flag ({level}): {title}.", reason, withheld]),
+            "text": narrative([f"Red flag ({level}): {title}.", reason, withheld]),
             "identifier": self.identifier(key),
             "status": "preliminary",
             "code": {
@@ -557,7 +562,7 @@ class _Builder:
         resource["meta"] = _draft_meta(
             "Provenance", [{"system": DRAFT_IDENTIFIER_SYSTEM, "code": key, "display": "draft key"}]
         )
-        resource["text"] = _narrative(
+        resource["text"] = narrative(
             [
                 f"Drafts created by decision support for {self.patient}, criteria {self.criteria}.",
                 f"Author: {who}; assembled by the back mice decision-support app, version {app_version()}.",

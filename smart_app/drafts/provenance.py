@@ -7,6 +7,9 @@ reference (``Type/id/_history/v``) when the server gave ``meta.versionId``. ``re
 ``activity`` CREATE follow HL7's AI Transparency on FHIR labelling. The back-mice-software-version
 extension names the version of the app that concluded, per write: the Device is created once on its
 identifier, so its ``version`` stays that of the first write (docs/clinical-criteria.md#what-the-app-writes).
+
+What a clinician enters through the app (the focused exam) gets :func:`entered_provenance` instead: the
+clinician as author, the app as assembler, no AI label and no source entities (docs/auditors.md#exam).
 """
 
 from __future__ import annotations
@@ -87,3 +90,21 @@ def provenance_resource(
     if entities:
         resource["entity"] = entities
     return resource
+
+
+def entered_provenance(
+    *, targets: Sequence[str], recorded: str, policy: str, device: str, author: str, software_version: str
+) -> dict[str, Any]:
+    """The Provenance body of data a clinician entered through the app: ``author`` (the clinician, the
+    performer of what they entered) and the app Device as assembler (the tool it was entered through),
+    activity CREATE, ``policy`` the criteria release whose terminology coded it; no ``reason`` AIAST,
+    since nothing in it was asserted by the app."""
+    return {
+        "resourceType": "Provenance",
+        "extension": [{"url": SOFTWARE_VERSION_EXTENSION, "valueString": software_version}],
+        "target": [{"reference": t} for t in targets],
+        "recorded": recorded,
+        "policy": [policy],
+        "activity": {"coding": [{"system": V3_DATA_OPERATION, "code": "CREATE", "display": "create"}]},
+        "agent": [_agent("author", "Author", author), _agent("assembler", "Assembler", device)],
+    }

@@ -1,5 +1,6 @@
 """The table of resource types the app writes: for each, its role, how it reads to a clinician, and what
-its status means to an auditor (docs/auditors.md#what-a-write-looks-like).
+its status means to an auditor (docs/auditors.md#what-a-write-looks-like; the exam a clinician enters,
+docs/auditors.md#exam).
 
 A new written type is one row here, one builder in :mod:`smart_app.drafts.build` and one profile in the
 app's FHIR package; the write scope it needs is its resource type.
@@ -24,7 +25,8 @@ class WrittenType:
     role: str
     #: readable lines for the page that shows the draft before it is written
     summary: Callable[[Resource], list[str]]
-    #: draft | signed | withdrawn | entered-in-error, from the resource's status as it is now
+    #: draft | signed | recorded | withdrawn | entered-in-error, from the resource's status as it is now
+    #: (``recorded``: a finding as the clinician entered it)
     state: Callable[[Resource], str]
 
     @property
@@ -55,6 +57,18 @@ def _service_request_lines(res: Resource) -> list[str]:
         f"Status {res.get('status')}, intent {res.get('intent')}",
         *_notes(res),
     ]
+
+
+def finding_text(res: Resource) -> str:
+    """An exam Observation in words: "Subcutaneous nodule: Present, left lumbar region of back"."""
+    what = fj.concept_label(res.get("code")) or "Finding"
+    quantity = fj.as_dict(res.get("valueQuantity"))
+    if quantity is not None:
+        value = f"{quantity.get('value')} {quantity.get('unit') or ''}".strip()
+    else:
+        value = fj.concept_label(res.get("valueCodeableConcept"))
+    site = ", ".join(label for label in (fj.concept_label(s) for s in fj.body_sites(res)) if label)
+    return f"{what}: {value}" + (f", {site}" if site else "")
 
 
 def _provenance_lines(res: Resource) -> list[str]:
@@ -112,6 +126,20 @@ WRITTEN: Mapping[str, WrittenType] = {
                 }
             ),
         ),
+        WrittenType(
+            "Observation",
+            "exam",
+            lambda res: [finding_text(res)],
+            _by_status(
+                {
+                    "final": "recorded",
+                    "amended": "recorded",
+                    "corrected": "recorded",
+                    "cancelled": "withdrawn",
+                    "entered-in-error": "entered-in-error",
+                }
+            ),
+        ),
         WrittenType("Provenance", "provenance", _provenance_lines, lambda res: "draft"),
         WrittenType(
             "Device",
@@ -124,6 +152,8 @@ WRITTEN: Mapping[str, WrittenType] = {
 ASSESSMENT_TYPES = tuple(t for t, w in WRITTEN.items() if w.role == "assessment")
 #: The clinical drafts of a write (not its Provenance, not the app's Device).
 DRAFT_TYPES = tuple(t for t, w in WRITTEN.items() if w.role in ("assessment", "suggestion", "red-flag"))
+#: What a clinician enters through the app (the focused exam).
+EXAM_TYPES = tuple(t for t, w in WRITTEN.items() if w.role == "exam")
 
 
 def summary_lines(resource: Resource) -> list[str]:

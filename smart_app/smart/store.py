@@ -1,15 +1,19 @@
 """Launch stores: Redis when several processes or hosts serve the app, files on local disk otherwise
 (:class:`smart_app.smart.launch.LaunchStore`; docs/architecture.md#launch-and-tokens).
 
-Both keep a launch for ``ttl`` seconds after its last save and give a lock per launch that every sharer
-of the store honours: a Redis lock (``SET NX`` with expiry) or an exclusive ``flock`` on a file.
-Writes replace the whole record at once, so a reader never sees half a launch.
+Both keep a launch as long as it can still be used (:func:`launch_lifetime`: until its access token
+expires when it has no refresh token, else at most ``ttl`` seconds after its last save) and give a lock
+per launch that every sharer of the store honours: a Redis lock (``SET NX`` with expiry) or an exclusive
+``flock`` on a file. Writes replace the whole record at once, so a reader never sees half a launch. Redis
+expires its keys itself; the files carry their expiry as their modification time, and
+:meth:`FileLaunchStore.sweep` (run on a schedule, never on a request) removes those past it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import math
 import os
 import re
 import tempfile
@@ -37,6 +41,23 @@ class StoreError(SmartError):
     description = "The app is renewing its access to the EHR. Try again in a moment."
 
 
+#: How long a launch that cannot be renewed is kept after its access token expired: long enough for the
+#: page to say that the launch ended, and at which EHR, rather than that there never was one.
+ENDED_GRACE_SECONDS = 300.0
+
+
+def launch_lifetime(launch: Launch, maximum: float, now: float | None = None) -> float:
+    """Seconds from ``now`` that ``launch`` is worth keeping: until its access token expires (and
+    :data:`ENDED_GRACE_SECONDS`) when there is no refresh token to renew it, else ``maximum`` (SMART App
+    Launch 2.x token responses do not say how long a refresh token lives, so a deployment bounds it:
+    ``SESSION_LIFETIME_SECONDS``). Never more than ``maximum``; at least one second."""
+    moment = time.time() if now is None else now
+    life = maximum
+    if not launch.refresh_token and launch.expires_at is not None:
+        life = min(maximum, launch.expires_at + ENDED_GRACE_SECONDS - moment)
+    return max(1.0, life)
+
+
 def _valid(launch_id: str) -> bool:
     return bool(_ID.match(launch_id))
 
@@ -58,7 +79,8 @@ def _encode(launch: Launch) -> bytes:
 
 
 class FileLaunchStore:
-    """One JSON file per launch in ``directory`` (mode 0600), expired ``ttl`` seconds after its last save."""
+    """One JSON file per launch in ``directory`` (mode 0600) whose modification time is its expiry
+    (:func:`launch_lifetime` after its last save, at most ``ttl`` seconds)."""
 
     def __init__(self, directory: str | Path, ttl: float) -> None:
         self.directory = Path(directory)
@@ -73,7 +95,7 @@ class FileLaunchStore:
             return None
         path = self._path(launch_id)
         try:
-            if time.time() - path.stat().st_mtime > self.ttl:
+            if path.stat().st_mtime <= time.time():
                 self.forget(launch_id)
                 return None
             return _decode(path.read_bytes())
@@ -83,11 +105,13 @@ class FileLaunchStore:
     def save(self, launch: Launch) -> None:
         if not _valid(launch.id):
             raise ValueError("not a launch id")
+        expires = time.time() + launch_lifetime(launch, self.ttl)
         fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".launch-", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as out:
                 out.write(_encode(launch))
             os.chmod(tmp, 0o600)
+            os.utime(tmp, (expires, expires))
             os.replace(tmp, self._path(launch.id))
         except BaseException:
             with contextlib.suppress(OSError):
@@ -99,6 +123,24 @@ class FileLaunchStore:
             for suffix in (".json", ".lock"):
                 with contextlib.suppress(OSError):
                     self._path(launch_id, suffix).unlink()
+
+    def sweep(self, now: float | None = None) -> int:
+        """Remove every launch past its expiry (with its lock file), and temporary files a crash left
+        more than ``ttl`` ago; how many launches. One directory scan: for a schedule, not a request."""
+        moment = time.time() if now is None else now
+        removed = 0
+        for entry in os.scandir(self.directory):
+            with contextlib.suppress(OSError):
+                name, mtime = entry.name, entry.stat().st_mtime
+                if name.endswith(".json") and mtime <= moment:
+                    self.forget(name.removesuffix(".json"))
+                    removed += 1
+                elif name.endswith(".lock") and not self._path(name.removesuffix(".lock")).exists():
+                    if mtime <= moment - LOCK_SECONDS:
+                        os.unlink(entry.path)
+                elif name.startswith(".launch-") and mtime <= moment - self.ttl:
+                    os.unlink(entry.path)
+        return removed
 
     @contextlib.contextmanager
     def lock(self, launch_id: str) -> Iterator[None]:
@@ -124,7 +166,8 @@ class FileLaunchStore:
 
 
 class RedisLaunchStore:
-    """One Redis key per launch (``<prefix>launch:<id>``) expiring ``ttl`` seconds after its last save."""
+    """One Redis key per launch (``<prefix>launch:<id>``) expiring :func:`launch_lifetime` after its
+    last save (at most ``ttl`` seconds)."""
 
     def __init__(self, client: Any, ttl: float, prefix: str = "back-mice:") -> None:
         self.redis = client
@@ -142,7 +185,8 @@ class RedisLaunchStore:
     def save(self, launch: Launch) -> None:
         if not _valid(launch.id):
             raise ValueError("not a launch id")
-        self.redis.set(self._key(launch.id), _encode(launch), ex=self.ttl)
+        life = math.ceil(launch_lifetime(launch, self.ttl))
+        self.redis.set(self._key(launch.id), _encode(launch), ex=life)
 
     def forget(self, launch_id: str) -> None:
         if _valid(launch_id):

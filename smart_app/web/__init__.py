@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from cachelib.file import FileSystemCache
 from flask import Flask, request
 from flask.wrappers import Response
 from flask_session import Session
@@ -41,6 +40,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     os.makedirs(app.instance_path, exist_ok=True)
     init_audit_log(app)
     init_app(app)
+    from smart_app.web.storage import start_sweeper
+
+    start_sweeper(app)
     return app
 
 
@@ -81,11 +83,14 @@ def init_app(app: Flask) -> None:
 
 
 def init_sessions(app: Flask) -> None:
-    """Server-side sessions (docs/architecture.md#launch-and-tokens): Redis when configured, else files on
-    local disk.
+    """Server-side sessions (docs/architecture.md#sessions): Redis when configured, else files on local
+    disk, each kept as long as its launch (``smart_app.web.storage``).
 
-    The cookie holds only a random session id; tokens and patient data stay on the server.
+    The cookie holds only a random session id; tokens stay on the server, in the launch store, and the
+    session holds ids and small state, no patient data.
     """
+    from smart_app.web.storage import bound_session_lifetime, session_files
+
     config = app.config
     config.setdefault("SESSION_PERMANENT", True)
     config["PERMANENT_SESSION_LIFETIME"] = int(config["SESSION_LIFETIME_SECONDS"])
@@ -109,8 +114,9 @@ def init_sessions(app: Flask) -> None:
         session_dir = os.path.join(app.instance_path, "sessions")
         os.makedirs(session_dir, mode=0o700, exist_ok=True)
         config["SESSION_TYPE"] = "cachelib"
-        config["SESSION_CACHELIB"] = FileSystemCache(session_dir, threshold=20000, mode=0o600)
+        config["SESSION_CACHELIB"] = session_files(session_dir)
     Session(app)
+    bound_session_lifetime(app)
     if config.get("SESSION_COOKIE_PARTITIONED"):
         partition_session_cookie(app)
 

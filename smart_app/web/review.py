@@ -1,28 +1,49 @@
-"""The review page: read, assess and draft for the launched patient, with the evidence behind each
-criterion, the patient banner and the checklist (blueprint ``main``; docs/architecture.md#web)."""
+"""The review page: read, assess and draft for the launched patient, laid out to be read in five seconds
+(blueprint ``main``; docs/architecture.md#web).
+
+Top to bottom: the headline and the next step; what is urgent (blocking red flags, and a finding the
+criteria mark as dangerous, such as an objective neurological deficit, with prompt work-up wording);
+warnings; whether drafts of this assessment are already in the chart (loaded after the page, so the
+headline never waits); the criteria checklist in plain words, each with its evidence one click away; the
+missing data that could change the conclusion (found by re-evaluating, :mod:`smart_app.clinical.whatif`),
+each with how to record it; the focused-exam form; the rule trace behind a "why" toggle; the draft and the
+write button; differentials, sources and what could not be read. Every EHR string goes through the
+template's ``ehr`` filter.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from flask import current_app, redirect, render_template, url_for
+from flask import redirect, render_template, url_for
 from werkzeug.wrappers import Response as BaseResponse
 
 from smart_app import fhirjson as fj
 from smart_app import pipeline
 from smart_app.auditlog import audit_event
+from smart_app.clinical.engine import criteria_for
+from smart_app.clinical.whatif import Change, Decisive, decisive_missing
 from smart_app.drafts.written import summary_lines
-from smart_app.fhir.budget import ReadBudget
 from smart_app.fhir.errors import FhirError
-from smart_app.fhir.record import DEFAULT_PAGE_SIZE
 from smart_app.smart.launch import Launch
-from smart_app.vocabulary import classifications, next_steps
-from smart_app.web.common import REVIEW_KEY, _digest, _pop, _pretty, _set, bp
-from smart_app.web.exam import EXAM_SIDES, EXAM_SITES, _unsaved_exam
-from smart_app.web.session import get_fhir, launch_required, require_launch
+from smart_app.vocabulary import ENTERED_CODE, WORKFLOW_SYSTEM, classifications, next_steps
+from smart_app.web.common import (
+    REVIEW_KEY,
+    _digest,
+    _pop,
+    _pretty,
+    _set,
+    bp,
+    current_terms,
+    patient_banner,
+    run_review,
+    unsaved_exams,
+)
+from smart_app.web.exam import exam_form, exam_write_problem, pending_exam
+from smart_app.web.session import launch_required, require_launch
 from smart_app.web.theme import load_style
-from smart_app.web.write import _write_state, _writeback_options
+from smart_app.web.write import status_query, write_state
 
 # --- evidence description ---------------------------------------------------------------------------------
 _DATE_KEYS = (
@@ -70,7 +91,16 @@ def _status_text(resource: dict[str, Any]) -> str:
     return ", ".join(p for p in parts if p)
 
 
-def describe(reference: str, resource: dict[str, Any] | None) -> dict[str, Any]:
+def _entered_here(resource: Mapping[str, Any]) -> bool:
+    """Whether the resource carries the tag of what a clinician entered through this app."""
+    tags = (resource.get("meta") or {}).get("tag") if isinstance(resource.get("meta"), dict) else None
+    return any(
+        isinstance(t, dict) and t.get("system") == WORKFLOW_SYSTEM and t.get("code") == ENTERED_CODE
+        for t in tags or []
+    )
+
+
+def describe(reference: str, resource: dict[str, Any] | None, preliminary: bool = False) -> dict[str, Any]:
     """A one-line view of one evidence resource: type, what, date, value, status and its raw JSON."""
     rtype = reference.split("/", 1)[0]
     if resource is None:
@@ -82,6 +112,7 @@ def describe(reference: str, resource: dict[str, Any] | None) -> dict[str, Any]:
             "value": "",
             "status": "",
             "json": None,
+            "preliminary": preliminary,
         }
     what = fj.concept_label(resource.get("code")) or fj.concept_label(fj.medication_concept(resource))
     return {
@@ -93,6 +124,9 @@ def describe(reference: str, resource: dict[str, Any] | None) -> dict[str, Any]:
         "value": _value_text(resource),
         "status": _status_text(resource),
         "json": _pretty(resource),
+        "preliminary": preliminary,
+        "entered_here": _entered_here(resource),
+        "unsaved": str(resource.get("id", "")).startswith("unsaved-exam-"),
     }
 
 
@@ -116,38 +150,13 @@ def evidence_index(assessment: dict[str, Any] | None, resources: Iterable[dict[s
     if not assessment:
         return {}
     wanted = _references(assessment)
+    preliminary = set(assessment.get("preliminary_evidence") or [])
     found: dict[str, dict[str, Any]] = {}
     for resource in resources:
         ref = fj.reference(resource)
         if ref in wanted:
             found[ref] = resource
-    return {ref: describe(ref, found.get(ref)) for ref in sorted(wanted)}
-
-
-# --- patient banner and draft summary -----------------------------------------------------------------
-def patient_banner(patient: dict[str, Any] | None) -> dict[str, str] | None:
-    if not patient:
-        return None
-    names = [n for n in patient.get("name") or [] if isinstance(n, dict)]
-    official = next((n for n in names if n.get("use") == "official"), names[0] if names else {})
-    text = (
-        official.get("text")
-        or " ".join(
-            [*(str(g) for g in official.get("given") or []), str(official.get("family") or "")]
-        ).strip()
-    )
-    mrn = ""
-    for ident in patient.get("identifier") or []:
-        if isinstance(ident, dict) and ident.get("value"):
-            mrn = str(ident["value"])
-            break
-    return {
-        "name": text or "(no name recorded)",
-        "birth_date": str(patient.get("birthDate") or "unknown"),
-        "gender": str(patient.get("gender") or "unknown"),
-        "identifier": mrn,
-        "reference": fj.reference(patient) or "Patient",
-    }
+    return {ref: describe(ref, found.get(ref), ref in preliminary) for ref in sorted(wanted)}
 
 
 def draft_summary(bundle: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -155,52 +164,129 @@ def draft_summary(bundle: dict[str, Any] | None) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = []
     for entry in fj.as_list((bundle or {}).get("entry")):
         res = entry.get("resource") or {}
-        items.append({"type": res.get("resourceType", ""), "lines": summary_lines(res), "json": _pretty(res)})
+        items.append({"type": res.get("resourceType", ""), "lines": summary_lines(res)})
     return items
 
 
-# --- review -----------------------------------------------------------------------------------------------
-def _run_review(launch: Launch) -> tuple[pipeline.Review, list[dict[str, Any]]]:
-    """``pipeline.review_patient`` for the launch, with the exam kept in this session added."""
-    _, assessment_as = _writeback_options(launch)
-    extra = _unsaved_exam()
-    review = pipeline.review_patient(
-        get_fhir(),
-        launch.patient,
-        launch.scopes,
-        author=launch.fhir_user,
-        encounter=launch.encounter,
-        assessment_as=assessment_as,
-        extra_resources=extra,
-        page_size=int(current_app.config.get("FHIR_PAGE_SIZE", DEFAULT_PAGE_SIZE)),
-        budget=read_budget(),
+# --- the page, in plain words -----------------------------------------------------------------------------
+def finding_sentence(spec: Mapping[str, Any], status: str) -> str:
+    """What the record says of one finding, as a statement (never a negated criterion): "Palpable
+    subcutaneous nodule: recorded", "No objective neurological deficit found", "Low back pain: not
+    recorded"."""
+    title = str(spec.get("title") or spec.get("id"))
+    lower = title[:1].lower() + title[1:]
+    if status == "present":
+        return f"{title}: recorded"
+    if status == "absent":
+        text = str(spec.get("absent_text") or f"no {lower} found")
+        return text[:1].upper() + text[1:]
+    return f"{title}: not recorded"
+
+
+def checklist_rows(
+    assessment: Mapping[str, Any], specs: Mapping[str, Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """The checklist: per criterion met / not met / unknown, the record's statement, the engine's reason
+    and the evidence."""
+    rows = []
+    for row in assessment.get("checklist") or []:
+        spec = specs.get(str(row.get("finding")), {"title": row.get("title")})
+        rows.append(
+            {
+                "finding": row.get("finding"),
+                "verdict": row.get("verdict"),
+                "sentence": finding_sentence(spec, str(row.get("status"))),
+                "reason": row.get("reason") or "",
+                "evidence": list(row.get("evidence") or []),
+            }
+        )
+    return rows
+
+
+def dangers(assessment: Mapping[str, Any], specs: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Findings the criteria read safety first (``danger``) that the record shows present: an objective
+    neurological deficit is not a back-mouse red flag, but it needs a prompt work-up of its cause."""
+    out = []
+    for finding_id, finding in (assessment.get("findings") or {}).items():
+        spec = specs.get(str(finding_id)) or {}
+        if spec.get("danger") and finding.get("status") == "present":
+            out.append(
+                {
+                    "title": str(spec.get("title") or finding_id),
+                    "reason": finding.get("reason") or "",
+                    "evidence": list(finding.get("evidence") or []),
+                }
+            )
+    return out
+
+
+def next_step_text(assessment: Mapping[str, Any], urgent: list[dict[str, Any]]) -> str:
+    """The next step in words; with a dangerous finding and no red flag, a prompt work-up of its cause."""
+    step = str(assessment.get("next_step"))
+    label = next_steps().displays.get(step, step)
+    blocked = any(f.get("level") == "block" for f in assessment.get("red_flags") or [])
+    if urgent and not blocked:
+        title = urgent[0]["title"]
+        return f"Prompt work-up for the cause of the {title[:1].lower() + title[1:]}"
+    return label
+
+
+def because(assessment: Mapping[str, Any]) -> str:
+    """The criteria's own sentence for the classification reached (the rule trace is behind "why")."""
+    criteria = criteria_for(str((assessment.get("criteria") or {}).get("version")))
+    rule = next(
+        (r for r in criteria.data["classification"] if r["id"] == assessment.get("classification")), None
     )
-    return review, [*review.fetch.resources, *extra] if review.fetch.patient is not None else []
+    return str(rule["rationale"]) if rule else ""
 
 
-def read_budget() -> ReadBudget:
-    """The read budget of one review from the settings ``FHIR_READ_BUDGET_SECONDS`` and
-    ``FHIR_MAX_RESPONSE_BYTES``."""
-    config, default = current_app.config, ReadBudget()
-    return ReadBudget(
-        seconds=float(config.get("FHIR_READ_BUDGET_SECONDS", default.seconds)),
-        max_response_bytes=int(config.get("FHIR_MAX_RESPONSE_BYTES", default.max_response_bytes)),
-    )
+def change_words(change: Change | None) -> str:
+    """What recording a missing item could change, in words."""
+    if change is None:
+        return "Recording it may change the conclusion."
+    recorded = {
+        "present": "if it is found",
+        "absent": "if it is not found",
+        "at a typical site": "if the nodule is at a typical site",
+        "elsewhere": "if the nodule is elsewhere",
+        "none found": "if none is found",
+        "readable, nothing recorded": "if it can be read and shows nothing of concern",
+    }.get(change.recorded, f"if {change.recorded}")
+    classification = classifications().displays.get(change.classification, change.classification)
+    step = next_steps().displays.get(change.next_step, change.next_step)
+    return f"It could change the conclusion: {recorded}, {classification.lower()} ({step.lower()})."
 
 
-def _cache_review(review: pipeline.Review, unsaved_exam: bool) -> dict[str, Any]:
-    cached = {
-        "patient_id": review.patient_id,
-        "patient": review.fetch.patient,
-        "assessment": review.assessment,
-        "drafts": review.drafts,
-        "draft_digest": _digest(review.drafts) if review.drafts else None,
-        "missing_write_scopes": list(review.missing_write_scopes),
-        "as_of": review.as_of.isoformat(),
-        "unsaved_exam": unsaved_exam,
-    }
-    _set(REVIEW_KEY, cached)
-    return cached
+def missing_rows(decisive: list[Decisive], exam_findings: set[str]) -> list[dict[str, Any]]:
+    return [
+        {
+            "finding": str(d.item.get("finding")),
+            "what": str(d.item.get("what") or ""),
+            "how": str(d.item.get("how") or ""),
+            "change": change_words(d.change),
+            "in_exam": str(d.item.get("finding")) in exam_findings,
+        }
+        for d in decisive
+    ]
+
+
+def in_record(assessment: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per finding, what the record already says (for beside the exam form)."""
+    out = {}
+    for row in assessment.get("checklist") or []:
+        out[str(row.get("finding"))] = {
+            "status": row.get("status"),
+            "evidence": list(row.get("evidence") or []),
+        }
+    return out
+
+
+def show_exam(assessment: Mapping[str, Any] | None, launch: Launch, missing: list[dict[str, Any]]) -> bool:
+    """The exam form is offered when an exam can change something: the next step is a focused exam, or
+    a finding it records is among the missing data that could change the conclusion."""
+    if launch.read_only or not assessment or assessment.get("classification") == "red-flags":
+        return False
+    return assessment.get("next_step") == "focused-exam" or any(item["in_exam"] for item in missing)
 
 
 def _read_problems(review: pipeline.Review) -> dict[str, list[Any]]:
@@ -216,44 +302,59 @@ def _read_problems(review: pipeline.Review) -> dict[str, list[Any]]:
 
 def render_review(
     launch: Launch,
-    cached: dict[str, Any],
-    evidence: dict[str, Any],
+    review: pipeline.Review | None,
+    resources: list[dict[str, Any]],
     problems: dict[str, list[Any]],
     status: int = 200,
 ) -> tuple[str, int]:
-    assessment = cached.get("assessment") or {}
-    classification, step = assessment.get("classification"), assessment.get("next_step")
+    assessment = (review.assessment if review is not None else None) or {}
+    unsaved = bool(unsaved_exams())
+    specs: dict[str, Mapping[str, Any]] = {}
+    decisive: list[Decisive] = []
+    if assessment and review is not None and review.fetch.patient is not None:
+        criteria = criteria_for(str(assessment["criteria"]["version"]))
+        specs = {str(spec["id"]): spec for spec in criteria.findings}
+        extra = resources[len(review.fetch.resources) :]  # the exams kept in this session
+        record = pipeline.record_of(review.fetch, extra, fhir_base=launch.fhir_base)
+        decisive = decisive_missing(record, assessment)
+    urgent = dangers(assessment, specs)
+    terms = current_terms()
+    missing = missing_rows(decisive, {q.finding for q in terms.questions})
+    pending = pending_exam()
+    drafts = review.drafts if review is not None else None
+    classification = assessment.get("classification")
+    flags = assessment.get("red_flags") or []
     page = render_template(
         "review.html",
         launch=launch,
-        banner=patient_banner(cached.get("patient")) if launch.need_patient_banner else None,
-        patient_ref=f"Patient/{cached.get('patient_id')}",
+        banner=patient_banner(review.fetch.patient if review else None)
+        if launch.need_patient_banner
+        else None,
+        patient_ref=f"Patient/{launch.patient}",
         assessment=assessment or None,
         classification_label=classifications().displays.get(str(classification), ""),
-        next_step_label=next_steps().displays.get(str(step), ""),
-        block_flags=[f for f in assessment.get("red_flags") or [] if f.get("level") == "block"],
-        warn_flags=[f for f in assessment.get("red_flags") or [] if f.get("level") != "block"],
-        criteria=assessment.get("checklist") or [],
-        evidence=evidence,
-        draft_items=draft_summary(cached.get("drafts")),
-        draft_json=_pretty(cached.get("drafts")) if cached.get("drafts") else "",
-        draft_digest=cached.get("draft_digest"),
-        write=_write_state(launch, cached),
+        next_step_label=next_step_text(assessment, urgent) if assessment else "",
+        because=because(assessment) if assessment else "",
+        block_flags=[f for f in flags if f.get("level") == "block"],
+        warn_flags=[f for f in flags if f.get("level") != "block"],
+        urgent=urgent,
+        checklist=checklist_rows(assessment, specs),
+        missing=missing,
+        evidence=evidence_index(
+            assessment, [*([review.fetch.patient] if review and review.fetch.patient else []), *resources]
+        ),
+        draft_items=draft_summary(drafts),
+        draft_json=_pretty(drafts) if drafts else "",
+        draft_digest=_digest(drafts) if drafts else None,
+        status_query=status_query(drafts) if drafts and not launch.read_only else None,
+        write=write_state(launch, review, unsaved),
         problems=problems,
-        exam_sites=EXAM_SITES,
-        exam_sides=EXAM_SIDES,
-        show_exam=_show_exam(assessment) and not launch.read_only,
+        show_exam=show_exam(assessment, launch, missing),
+        exam=exam_form(terms, pending[0] if pending else None),
+        exam_problem=exam_write_problem(launch),
+        in_record=in_record(assessment),
     )
     return page, status
-
-
-def _show_exam(assessment: dict[str, Any] | None) -> bool:
-    if not assessment or assessment.get("classification") == "red-flags":
-        return False
-    return (
-        any(row.get("verdict") == "unknown" for row in assessment.get("checklist") or [])
-        or assessment.get("next_step") == "focused-exam"
-    )
 
 
 @bp.get("/")
@@ -268,7 +369,7 @@ def review() -> tuple[str, int]:
     launch = require_launch()
     load_style(launch)
     try:
-        result, resources = _run_review(launch)
+        result, resources = run_review(launch)
     except FhirError as exc:
         audit_event("error", where="review", status=exc.status, error=type(exc).__name__)
         problems: dict[str, list[Any]] = {
@@ -276,19 +377,14 @@ def review() -> tuple[str, int]:
             "skipped": [],
             "notes": [],
         }
-        cached: dict[str, Any] = {
-            "patient_id": launch.patient,
-            "patient": None,
-            "assessment": None,
-            "drafts": None,
-            "missing_write_scopes": [],
-            "unsaved_exam": False,
-        }
         _pop(REVIEW_KEY)
-        return render_review(launch, cached, {}, problems, status=502)
+        return render_review(launch, None, [], problems, status=502)
     audit_event("read", counts=result.fetch.counts, patient=result.patient_id)
-    cached = _cache_review(result, unsaved_exam=bool(_unsaved_exam()))
-    evidence = evidence_index(
-        result.assessment, [*([result.fetch.patient] if result.fetch.patient else []), *resources]
-    )
-    return render_review(launch, cached, evidence, _read_problems(result))
+    if result.drafts:
+        _set(
+            REVIEW_KEY,
+            {"patient": launch.patient, "as_of": result.as_of.isoformat(), "digest": _digest(result.drafts)},
+        )
+    else:
+        _pop(REVIEW_KEY)
+    return render_review(launch, result, resources, _read_problems(result))
