@@ -14,7 +14,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 CITED = re.compile(r"docs/([a-z0-9-]+\.md)(?:#([a-z0-9_-]+))?")
-OUTSIDE = re.compile(r"\b(?:DESIGN|CLINICAL|CONTRACT)\.md\b|clinical-evidence|\.\./shared|\bissue \d+\b", re.I)
+OUTSIDE = re.compile(
+    r"\b(?:DESIGN|CLINICAL|CONTRACT)\.md\b|clinical-evidence|\.\./shared|\bissue \d+\b", re.I
+)
 
 
 def sources() -> list[Path]:
@@ -26,7 +28,7 @@ def sources() -> list[Path]:
 
 
 def anchors(document: Path) -> set[str]:
-    """GitHub's anchors of a Markdown document's headings: lower case, punctuation dropped, spaces to dashes."""
+    """GitHub's anchors of a Markdown document's headings: lower case, no punctuation, dashes for spaces."""
     out = set()
     for line in document.read_text(encoding="utf-8").splitlines():
         if line.startswith("#"):
