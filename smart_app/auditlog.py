@@ -1,7 +1,10 @@
-"""Local append-only audit log of the app's own actions, as JSON lines (issue 6 §4; docs/auditors.md).
+"""Local append-only audit log of the app's own actions, as JSON lines (docs/auditors.md).
 
 One line per event: ``{"ts": ..., "kind": ..., ...fields}``. Kinds used by the app: ``launch``, ``read``
-(resource type and count), ``write`` (resulting ids), ``error``, ``audit``. Only allow-listed fields are
+(resource type and count), ``write`` (its ``outcome``: written, partly-written, refused, not-written or
+unknown; the ``created``, ``matched`` and ``found`` references, the ``missing`` and ``unknown`` resource
+types, the HTTP ``status`` of a refusal), ``error``, ``audit``. The ``user`` is the ``fhirUser``
+reference, relative or absolute. Only allow-listed fields are
 written, and each is checked for shape, so the log holds resource ids but no names, values, narratives,
 tokens, codes or secrets: a value that does not fit its field's shape is replaced by ``"[dropped]"``.
 Rotated by size (``logging.handlers.RotatingFileHandler``).
@@ -42,6 +45,26 @@ _CANONICAL = re.compile(r"^https?://[A-Za-z0-9\-.]+(/[A-Za-z0-9\-._~/]*)?(\|[A-Z
 
 def _ref(value: Any) -> Any:
     return value if isinstance(value, str) and _REF.match(value) else DROPPED
+
+
+def _user(value: Any) -> Any:
+    """A ``fhirUser`` (SMART App Launch 2.x "fhirUser"): a relative reference or the absolute URL of one
+    (``https://ehr.example/fhir/Practitioner/123``), never a name, query or token."""
+    if not isinstance(value, str):
+        return DROPPED
+    if _REF.match(value):
+        return value
+    base, _, tail = value.rpartition("/")
+    head, _, kind = base.rpartition("/")
+    if _URL.match(value) and _REF.match(f"{kind}/{tail}") and head and len(value) <= 300:
+        return value
+    return DROPPED
+
+
+def _rtypes(value: Any) -> Any:
+    if not isinstance(value, list | tuple):
+        return DROPPED
+    return [_rtype(v) for v in value][:100]
 
 
 def _refs(value: Any) -> Any:
@@ -104,7 +127,7 @@ def _flag(value: Any) -> Any:
 #: diagnostics, exception messages) is deliberately absent: it can quote patient data.
 FIELDS: dict[str, Callable[[Any], Any]] = {
     "patient": _id_or_ref,
-    "user": _ref,
+    "user": _user,
     "encounter": _id_or_ref,
     "iss": _url,
     "fhir_base": _url,
@@ -117,6 +140,11 @@ FIELDS: dict[str, Callable[[Any], Any]] = {
     "reference": _ref,
     "references": _refs,
     "ids": _refs,
+    "created": _refs,
+    "matched": _refs,
+    "found": _refs,
+    "missing": _rtypes,
+    "unknown": _rtypes,
     "mode": _code,
     "status": _status,
     "outcome": _code,

@@ -38,6 +38,16 @@ DEFAULTS: dict[str, Any] = {
     "FHIR_TIMEOUT": [3.05, 30.0],
     "FHIR_MAX_RETRIES": 3,
     "FHIR_PAGE_SIZE": 1000,
+    # Budgets of one launch's reads of the record: every request, page, retry and Retry-After wait
+    # within this many seconds in all, and each answer at most this many bytes once decompressed. What
+    # is cut short is shown as not read and the criteria treat it as unknown.
+    "FHIR_READ_BUDGET_SECONDS": 20.0,
+    "FHIR_MAX_RESPONSE_BYTES": 64 * 1024 * 1024,
+    # The EHR's smart_style_url: at most this many bytes (decompressed) within this many seconds.
+    "STYLE_MAX_BYTES": 64 * 1024,
+    "STYLE_BUDGET_SECONDS": 3.0,
+    # A style whose answer carries no freshness information (Cache-Control, Expires) is reused this long.
+    "STYLE_CACHE_SECONDS": 300,
     # PEM private keys for private_key_jwt client assertions; empty = an RS384 and an ES384 key are
     # generated once into instance/keys/. Their public halves are served at /.well-known/jwks.json.
     "SMART_SIGNING_KEY_FILES": [],

@@ -17,6 +17,7 @@ from smart_app.clinical import PatientRecord, assess, assess_bundle, load_bundle
 
 if TYPE_CHECKING:
     from smart_app.drafts.build import AssessmentAs
+    from smart_app.fhir.budget import ReadBudget
     from smart_app.fhir.client import FhirClient
     from smart_app.fhir.record import FetchResult
     from smart_app.smart.scopes import ScopeSet
@@ -44,12 +45,16 @@ class Review:
 
 
 def unavailable_types(fetched: FetchResult) -> dict[str, str]:
-    """Resource types the record lacks because they were not granted or their read failed.
+    """Resource types the record lacks because they were not granted, their read failed, or it was cut
+    short by the read budget.
 
     The criteria then treat what those types would decide as unknown, never as absent.
     """
     unavailable = {resource_type: reason for resource_type, reason in fetched.skipped}
     for failure in fetched.failures:
+        if failure.cut_short:
+            unavailable[failure.resource_type] = f"not read, cut short: {failure.message}"
+            continue
         status = f" (HTTP {failure.status})" if failure.status else ""
         unavailable[failure.resource_type] = f"read failed{status}: {failure.message}"
     return unavailable
@@ -90,17 +95,24 @@ def review_patient(
     extra_resources: Sequence[dict[str, Any]] = (),
     criteria_version: str | None = None,
     page_size: int | None = None,
+    budget: ReadBudget | None = None,
 ) -> Review:
-    """Read the patient's record over FHIR, assess it and draft the write-back.
+    """Read the patient's record over FHIR within ``budget`` (default: :class:`ReadBudget`'s), assess it
+    and draft the write-back.
 
     ``extra_resources`` are added to what was read: an exam recorded in this session but not saved.
     """
     from smart_app.drafts.build import build_transaction
+    from smart_app.fhir.budget import ReadBudget
     from smart_app.fhir.record import DEFAULT_PAGE_SIZE, fetch_patient_record
 
     as_of = as_of or now()
     fetched = fetch_patient_record(
-        client, patient_id, readable or scopes.can_read, page_size=page_size or DEFAULT_PAGE_SIZE
+        client,
+        patient_id,
+        readable or scopes.can_read,
+        page_size=page_size or DEFAULT_PAGE_SIZE,
+        budget=budget or ReadBudget(),
     )
     if fetched.patient is None:
         return Review(patient_id=patient_id, fetch=fetched, assessment=None, drafts=None, as_of=as_of)
@@ -126,13 +138,18 @@ def assess_file(data: bytes, as_of: datetime, criteria_version: str | None = Non
 
 
 def assess_server(
-    client: FhirClient, patient_id: str, as_of: datetime, criteria_version: str | None = None
+    client: FhirClient,
+    patient_id: str,
+    as_of: datetime,
+    criteria_version: str | None = None,
+    budget: ReadBudget | None = None,
 ) -> tuple[dict[str, Any] | None, FetchResult]:
-    """The Assessment JSON of a patient read from a FHIR server with every type readable; ``None`` when
-    the Patient itself could not be read."""
+    """The Assessment JSON of a patient read from a FHIR server with every type readable, within
+    ``budget`` (default: :class:`ReadBudget`'s); ``None`` when the Patient itself could not be read."""
+    from smart_app.fhir.budget import ReadBudget
     from smart_app.fhir.record import fetch_patient_record
 
-    fetched = fetch_patient_record(client, patient_id, lambda _type: True)
+    fetched = fetch_patient_record(client, patient_id, lambda _type: True, budget=budget or ReadBudget())
     if fetched.patient is None:
         return None, fetched
     return assess(record_of(fetched, fhir_base=client.base_url), as_of, criteria_version).to_json(), fetched

@@ -5,6 +5,9 @@
 - ``sandbox``: the sandbox EHR as a real HTTP server on loopback.
 - ``live``, ``chromium``, ``page``: the sandbox and the app as two sites, and Debian's Chromium.
 - ``medplum_pool``, ``medplum``: the independent FHIR server of ``tests/fhir-server``.
+- ``hostile``: the misbehaving EHR of ``tests/hostile_ehr.py`` and the app over HTTP (one per module,
+  its faults cleared before each test); ``fresh_hostile``, ``fresh_hostile_sequential``: one per test,
+  with an empty chart, writing by transaction or one conditional create at a time.
 The sandbox's own tests (``tests/sandbox/``) have their in-process fixtures in ``tests/sandbox/conftest.py``.
 """
 
@@ -25,6 +28,7 @@ from smart_app.smart.launch import Launch
 from tests import skip_policy
 from tests.audit_fixtures import Sandbox, http_sandbox
 from tests.browser import CHROMIUM, CHROMIUM_ARGS, OUTPUT_DIR, Servers, start_servers, stop_servers
+from tests.hostile_ehr import HostileStack, start_hostile
 from tests.launch_support import launch_of, start_launch
 from tests.medplum_server import MedplumPool, MedplumServer, run_directory
 from tests.setup_test_deps import SetupError, install_fhir_server, node_for
@@ -172,3 +176,40 @@ def medplum_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MedplumPo
 def medplum(medplum_pool: MedplumPool) -> MedplumServer:
     """A running FHIR server (shared by up to ``MedplumPool.uses`` tests)."""
     return medplum_pool.get()
+
+
+# -- the misbehaving EHR ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def hostile_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostileStack]:
+    running = start_hostile(tmp_path_factory.mktemp("hostile"))
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def hostile(hostile_stack: HostileStack) -> HostileStack:
+    """The hostile EHR and the app, with no fault switched on and the default budgets."""
+    hostile_stack.reset()
+    return hostile_stack
+
+
+@pytest.fixture
+def fresh_hostile(tmp_path: Path) -> Iterator[HostileStack]:
+    """A hostile EHR of its own, whose chart holds nothing the app wrote (for write tests)."""
+    running = start_hostile(tmp_path)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def fresh_hostile_sequential(tmp_path: Path) -> Iterator[HostileStack]:
+    """As ``fresh_hostile``, for a registration that writes one conditional create at a time."""
+    running = start_hostile(tmp_path, writeback={"mode": "sequential", "assessment_as": "ClinicalImpression"})
+    try:
+        yield running
+    finally:
+        running.stop()

@@ -126,10 +126,15 @@ def test_sequential_mode_accepted(medplum: MedplumServer) -> None:
 
 
 def test_transaction_over_the_limit_is_refused_by_medplum(medplum: MedplumServer) -> None:
-    bundle = build_transaction(hand_assessment("all-flags"), author=None, encounter=None, recorded=RECORDED)
+    assessment = hand_assessment("all-flags")
+    assessment["patient"] = "Patient/over-the-limit-1"  # drafts no other test wrote
+    bundle = build_transaction(assessment, author=None, encounter=None, recorded=RECORDED)
     with FhirClient(medplum.base_url, max_retries=0) as client:
         refused = write_drafts(client, bundle, "transaction")
     assert not refused.ok and refused.status == 400 and refused.errors
+    # read back by identifier: nothing of this draft is in the chart (the shared Device may be)
+    assert refused.read_back and refused.result == "refused" and refused.unknown == []
+    assert [w.resource_type for w in refused.written] in ([], ["Device"])
 
 
 @pytest.mark.parametrize("kind, name", list(corpus_names()))

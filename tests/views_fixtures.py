@@ -107,6 +107,30 @@ class FakeEhr:
         self.rsps = rsps
         self.base = base
         self.writes: list[dict[str, Any]] = []
+        #: resources its accepted transactions stored, searchable by identifier and _tag as on an EHR
+        self.stored: list[dict[str, Any]] = []
+        written = "|".join(("ClinicalImpression", "DocumentReference", "ServiceRequest", "DetectedIssue",
+                            "Provenance", "Device"))
+        rsps.add_callback(responses.GET, re.compile(re.escape(base) + rf"/({written})\?.*$"),
+                          callback=self._search_stored)
+
+    def _search_stored(self, request: Any) -> tuple[int, dict[str, str], str]:
+        from urllib.parse import parse_qsl, urlsplit
+
+        parts = urlsplit(request.url)
+        rtype = parts.path.rsplit("/", 1)[-1]
+        params = dict(parse_qsl(parts.query))
+
+        def matches(resource: dict[str, Any]) -> bool:
+            tokens = {(i.get("system"), i.get("value")) for i in resource.get("identifier") or []}
+            tags = {(t.get("system"), t.get("code")) for t in resource.get("meta", {}).get("tag") or []}
+            for name, held in (("identifier", tokens), ("_tag", tags)):
+                if name in params and tuple(params[name].split("|", 1)) not in held:
+                    return False
+            return resource["resourceType"] == rtype
+
+        found = [r for r in self.stored if matches(r)]
+        return 200, {"Content-Type": "application/fhir+json"}, json.dumps(bundle(found))
 
     def serve(self, resources: list[dict[str, Any]], pat: dict[str, Any] | None = None,
               fail: dict[str, int] | None = None) -> None:
@@ -135,6 +159,8 @@ class FakeEhr:
             entries = []
             for i, entry in enumerate(body.get("entry") or []):
                 rtype = entry["resource"]["resourceType"]
+                self.stored.append({**entry["resource"], "id": f"w{i}", "meta": {
+                    **entry["resource"].get("meta", {}), "versionId": "1"}})
                 entries.append({"response": {"status": "201 Created", "location": f"{rtype}/w{i}/_history/1",
                                              "etag": 'W/"1"'}})
             return 200, {"Content-Type": "application/fhir+json"}, json.dumps(

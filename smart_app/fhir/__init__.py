@@ -6,6 +6,7 @@ from smart_app.fhir.client import FhirClient, WriteResult
 from smart_app.fhir.errors import (
     FhirClientError,
     FhirConnectionError,
+    FhirCutShort,
     FhirError,
     FhirForbidden,
     FhirMalformedResponse,
@@ -23,6 +24,7 @@ __all__ = [
     "FhirClient",
     "FhirClientError",
     "FhirConnectionError",
+    "FhirCutShort",
     "FhirError",
     "FhirForbidden",
     "FhirMalformedResponse",

@@ -8,6 +8,11 @@ and redirects elsewhere raise ``ForeignLinkError`` before anything is sent (SMAR
 Only idempotent GETs are retried (429 honouring ``Retry-After``, 502/503/504, connection failures),
 with exponential backoff; POSTs (create, transaction) are never retried here; a conditional create
 keeps a retry by the caller from duplicating.
+
+Budgets (:mod:`smart_app.fhir.budget`): every answer is streamed and its body, decompressed by the
+client itself, is cut at ``max_response_bytes``; every request is cut off after ``max_request_seconds``
+however slowly the server sends; within :meth:`FhirClient.budget` all requests, retries and
+``Retry-After`` waits share one deadline. What is cut short raises ``FhirCutShort``.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ import email.utils
 import logging
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -24,10 +31,23 @@ from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
 import orjson
 import requests
+import urllib3.exceptions
+from requests.structures import CaseInsensitiveDict
 
 from smart_app import fhirjson as fj
+from smart_app.fhir.budget import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    Cutoff,
+    CutShort,
+    ReadBudget,
+    UnsupportedCoding,
+    WatchedAdapter,
+    cut_off_at,
+    read_body,
+)
 from smart_app.fhir.errors import (
     FhirConnectionError,
+    FhirCutShort,
     FhirError,
     FhirMalformedResponse,
     FhirTimeout,
@@ -44,6 +64,8 @@ _MAX_REDIRECTS = 5
 _ID_RE = fj.ID_RE
 _TYPE_RE = fj.TYPE_RE
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+#: Error bodies are read for their OperationOutcome only, up to this size.
+_MAX_ERROR_BODY_BYTES = 1024 * 1024
 
 Token = Callable[[], str] | str | None
 SearchParams = Mapping[str, str | int | Sequence[str]]
@@ -64,6 +86,38 @@ class WriteResult:
 
 
 @dataclass(frozen=True)
+class _Answer:
+    """One HTTP answer, its body read whole within the budgets."""
+
+    method: str
+    url: str
+    status: int
+    reason: str
+    headers: CaseInsensitiveDict[str]
+    body: bytes | bytearray
+
+
+class _Unanswered(Exception):
+    """No answer at all (refused, reset, connect timeout): ``error`` is what to raise unless retried."""
+
+    def __init__(self, kind: str, error: FhirError) -> None:
+        super().__init__(kind)
+        self.kind = kind
+        self.error = error
+
+
+@dataclass(frozen=True)
+class _Deadline:
+    """The instant (``time.monotonic()``) a budget's requests must be done by, and its length."""
+
+    at: float
+    seconds: float
+
+    def remaining(self) -> float:
+        return self.at - time.monotonic()
+
+
+@dataclass(frozen=True)
 class _Base:
     scheme: str
     host: str
@@ -77,6 +131,8 @@ class FhirClient:
     ``token`` is a string or a zero-argument callable returning the current access token; the callable
     is invoked for every request sent, so a refreshed token is used at once. ``round_trips`` counts the
     HTTP requests handed to the transport (retries and pages included; refused links are not).
+    ``max_response_bytes`` caps each answer's decompressed body; ``max_request_seconds`` cuts off any
+    one request, however slowly its answer arrives.
     """
 
     def __init__(
@@ -91,6 +147,8 @@ class FhirClient:
         max_backoff: float = 8.0,
         max_retry_after: float = 10.0,
         max_pages: int = 1000,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        max_request_seconds: float = 60.0,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.base_url = base_url.rstrip("/")
@@ -99,6 +157,10 @@ class FhirClient:
         self._token = token
         self._owns_session = session is None
         self.session = session if session is not None else requests.Session()
+        # The base's origin goes through a transport whose requests can be cut off mid-answer.
+        self.session.mount(
+            urlunsplit((self._origin.scheme, self._origin.netloc, "", "", "")), WatchedAdapter()
+        )
         self.timeout: tuple[float, float] | float = (
             (float(timeout[0]), float(timeout[1])) if isinstance(timeout, Sequence) else float(timeout)
         )
@@ -107,6 +169,9 @@ class FhirClient:
         self.max_backoff = max_backoff
         self.max_retry_after = max_retry_after
         self.max_pages = max_pages
+        self.max_response_bytes = int(max_response_bytes)
+        self.max_request_seconds = float(max_request_seconds)
+        self._deadline: _Deadline | None = None
         self._sleep = sleep
         self._count_lock = threading.Lock()
         self._round_trips = 0
@@ -126,6 +191,19 @@ class FhirClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @contextmanager
+    def budget(self, budget: ReadBudget) -> Iterator[None]:
+        """Within this block every request (from any thread) shares one deadline ``budget.seconds``
+        from now, retries and ``Retry-After`` waits included, and each answer may hold at most
+        ``budget.max_response_bytes`` decompressed."""
+        previous = self._deadline, self.max_response_bytes
+        self._deadline = _Deadline(time.monotonic() + budget.seconds, budget.seconds)
+        self.max_response_bytes = int(budget.max_response_bytes)
+        try:
+            yield
+        finally:
+            self._deadline, self.max_response_bytes = previous
 
     def read(self, resource_type: str, resource_id: str) -> dict[str, Any]:
         """FHIR R4 http.html#read: ``GET [base]/[type]/[id]``."""
@@ -150,7 +228,7 @@ class FhirClient:
         if not isinstance(resource, dict) or resource.get("resourceType") != resource_type:
             raise FhirMalformedResponse(
                 f"{interaction} {resource_type}: the server did not return a {resource_type} resource",
-                status=response.status_code,
+                status=response.status,
             )
         return resource
 
@@ -179,7 +257,7 @@ class FhirClient:
             pages += 1
             response = self._request("GET", url, params=query)
             bundle = self._json_body(response)
-            entries, next_url = self._parse_search_bundle(bundle, resource_type, response.status_code)
+            entries, next_url = self._parse_search_bundle(bundle, resource_type, response.status)
             del bundle
             yield from _entry_resources(entries, resource_type, notes)
             del entries
@@ -220,7 +298,7 @@ class FhirClient:
         for _ in range(self.max_pages):
             response = self._request("GET", url)
             entries, next_url = self._parse_search_bundle(
-                self._json_body(response), resource_type, response.status_code
+                self._json_body(response), resource_type, response.status
             )
             versions += [
                 r
@@ -244,7 +322,7 @@ class FhirClient:
         statement = self._json_body(response)
         if not isinstance(statement, dict) or statement.get("resourceType") != "CapabilityStatement":
             raise FhirMalformedResponse(
-                "metadata: the server did not return a CapabilityStatement", status=response.status_code
+                "metadata: the server did not return a CapabilityStatement", status=response.status
             )
         return statement
 
@@ -272,27 +350,27 @@ class FhirClient:
             or result.get("type") != expected
         ):
             raise FhirMalformedResponse(
-                f"{kind}: the server did not answer with a {expected} Bundle", status=response.status_code
+                f"{kind}: the server did not answer with a {expected} Bundle", status=response.status
             )
         entries = result.get("entry") or []
         if not isinstance(entries, list) or len(entries) != len(sent_entries):
             raise FhirMalformedResponse(
                 f"{kind}: {len(sent_entries)} entries sent but the response has "
                 f"{len(entries) if isinstance(entries, list) else 'no'} entries",
-                status=response.status_code,
+                status=response.status,
             )
         for index, entry in enumerate(entries):
             status = entry.get("response", {}).get("status") if isinstance(entry, dict) else None
             if not isinstance(status, str) or not status.strip():
                 raise FhirMalformedResponse(
-                    f"{kind}: response entry {index} has no response.status", status=response.status_code
+                    f"{kind}: response entry {index} has no response.status", status=response.status
                 )
             if kind == "transaction" and not status.strip().startswith("2"):
                 # A transaction is all-or-nothing (http.html#trules): a failed entry contradicts success.
                 raise FhirMalformedResponse(
                     f"transaction: response entry {index} reports {status.strip()[:40]!r} in a successful "
                     "transaction-response",
-                    status=response.status_code,
+                    status=response.status,
                 )
         return result
 
@@ -312,12 +390,12 @@ class FhirClient:
             "POST", f"{self.base_url}/{resource_type}", body=orjson.dumps(resource), headers=headers
         )
         body: Any = None
-        if response.content.strip():
+        if response.body.strip():
             try:
-                body = fj.decode_json(response.content)
+                body = fj.decode_json(response.body, max_bytes=self.max_response_bytes)
             except ValueError as exc:
                 raise FhirMalformedResponse(
-                    f"create {resource_type}: the response body is not JSON", status=response.status_code
+                    f"create {resource_type}: the response body is not JSON", status=response.status
                 ) from exc
         returned = body if isinstance(body, dict) else None
         outcome = returned if returned and returned.get("resourceType") == "OperationOutcome" else None
@@ -332,7 +410,7 @@ class FhirClient:
         if version_id is None:
             version_id = _etag_version(response.headers.get("ETag"))
         return WriteResult(
-            status=response.status_code,
+            status=response.status,
             location=location,
             id=new_id,
             version_id=version_id,
@@ -381,11 +459,11 @@ class FhirClient:
         params: SearchParams | None = None,
         body: bytes | None = None,
         headers: Mapping[str, str] | None = None,
-    ) -> requests.Response:
+    ) -> _Answer:
         """Send, following same-base redirects for GET, and turn any non-2xx answer into a FhirError."""
         response = self._send(method, url, params=params, body=body, headers=headers)
         redirects = 0
-        while response.status_code in _REDIRECT_STATUSES and method == "GET":
+        while response.status in _REDIRECT_STATUSES and method == "GET":
             location = response.headers.get("Location")
             if not location or redirects >= _MAX_REDIRECTS:
                 break
@@ -396,7 +474,7 @@ class FhirClient:
                     f"GET {_label(self._base, url)}: redirect outside the FHIR base; not followed"
                 )
             response = self._send(method, target, params=None, body=None, headers=headers)
-        if not 200 <= response.status_code < 300:
+        if not 200 <= response.status < 300:
             raise self._error_from_response(method, url, response)
         return response
 
@@ -408,8 +486,9 @@ class FhirClient:
         params: SearchParams | None,
         body: bytes | None,
         headers: Mapping[str, str] | None,
-    ) -> requests.Response:
-        """The single exit to the network: refuses URLs outside the base, retries idempotent GETs."""
+    ) -> _Answer:
+        """The single exit to the network: refuses URLs outside the base, retries idempotent GETs, and
+        keeps every attempt, and every wait between attempts, within the budgets (module docstring)."""
         if not self._is_under_base(url):
             raise ForeignLinkError(f"{method}: refusing to send a request outside the FHIR base")
         # Spell scheme and authority exactly as the base does (host case, default port); drop fragments.
@@ -419,10 +498,61 @@ class FhirClient:
         retry = method == "GET"
         attempt = 0
         while True:
-            request_headers = self._headers(headers)
-            started = time.monotonic()
-            with self._count_lock:
-                self._round_trips += 1
+            status: int | None = None
+            try:
+                answer = self._attempt(method, url, label, params=params, body=body, headers=headers)
+            except _Unanswered as exc:
+                if not (retry and attempt < self.max_retries):
+                    raise exc.error from None
+                what, wait = exc.kind, self._backoff_delay(attempt)
+            else:
+                if not (retry and answer.status in _RETRY_STATUSES and attempt < self.max_retries):
+                    return answer
+                retry_after = _retry_after_seconds(answer.headers.get("Retry-After"))
+                if retry_after is not None and retry_after > self.max_retry_after:
+                    logger.warning(
+                        "FHIR %s %s -> %d; Retry-After %.0f s exceeds the %.0f s cap, giving up",
+                        method,
+                        label,
+                        answer.status,
+                        retry_after,
+                        self.max_retry_after,
+                    )
+                    return answer
+                status, what = answer.status, f"HTTP {answer.status}"
+                wait = retry_after if retry_after is not None else self._backoff_delay(attempt)
+            deadline = self._deadline
+            if deadline is not None and wait >= deadline.remaining():
+                message = (
+                    f"{method} {label}: {what}, and a retry in {wait:.0f} s would pass the "
+                    f"{deadline.seconds:.0f} s budget for reading the record"
+                )
+                logger.warning("FHIR %s; stopped", message)
+                raise FhirCutShort(message, limit="time", status=status)
+            logger.warning("FHIR %s %s %s; retry %d in %.2f s", method, label, what, attempt + 1, wait)
+            self._sleep(wait)
+            attempt += 1
+
+    def _attempt(
+        self,
+        method: str,
+        url: str,
+        label: str,
+        *,
+        params: SearchParams | None,
+        body: bytes | None,
+        headers: Mapping[str, str] | None,
+    ) -> _Answer:
+        """One request and its whole answer, cut off at the request's or the budget's deadline.
+        Raises ``_Unanswered`` when no answer came (connection refused or reset, connect timeout)."""
+        instant, limit_name = self._cutoff()
+        if instant - time.monotonic() <= 0:
+            raise self._cut_short_in_time(method, label, limit_name, sent=False)
+        request_headers = self._headers(headers)
+        with self._count_lock:
+            self._round_trips += 1
+        started = time.monotonic()
+        with cut_off_at(instant) as cutoff:
             try:
                 response = self.session.request(
                     method,
@@ -430,100 +560,135 @@ class FhirClient:
                     params=params,
                     data=body,
                     headers=request_headers,
-                    timeout=self.timeout,
+                    timeout=self._timeouts(cutoff.remaining()),
                     allow_redirects=False,
+                    stream=True,
                 )
             except requests.exceptions.ConnectionError as exc:
                 # ConnectTimeout is both a ConnectionError and a Timeout: nothing was answered.
-                elapsed = (time.monotonic() - started) * 1000
+                if cutoff.passed:
+                    raise self._cut_short_in_time(method, label, limit_name) from None
                 timed_out = isinstance(exc, requests.exceptions.Timeout)
                 kind = "connect timeout" if timed_out else "connection failed"
-                if retry and attempt < self.max_retries:
-                    delay = self._backoff_delay(attempt)
-                    logger.warning(
-                        "FHIR %s %s %s after %.0f ms; retry %d in %.2f s",
-                        method,
-                        label,
-                        kind,
-                        elapsed,
-                        attempt + 1,
-                        delay,
-                    )
-                    self._sleep(delay)
-                    attempt += 1
-                    continue
-                logger.warning("FHIR %s %s %s after %.0f ms", method, label, kind, elapsed)
-                error_class = FhirTimeout if timed_out else FhirConnectionError
-                raise error_class(f"{method} {label}: {kind}") from None
+                logger.warning("FHIR %s %s %s after %.0f ms", method, label, kind, _ms(started))
+                error = (FhirTimeout if timed_out else FhirConnectionError)(f"{method} {label}: {kind}")
+                raise _Unanswered(kind, error) from None
             except requests.exceptions.Timeout:
                 # A read timeout: the server may still be working; retrying would multiply the wait.
-                elapsed = (time.monotonic() - started) * 1000
-                logger.warning("FHIR %s %s read timeout after %.0f ms", method, label, elapsed)
+                if cutoff.passed:
+                    raise self._cut_short_in_time(method, label, limit_name) from None
+                logger.warning("FHIR %s %s read timeout after %.0f ms", method, label, _ms(started))
                 raise FhirTimeout(f"{method} {label}: no answer within the read timeout") from None
             except requests.exceptions.RequestException as exc:
                 logger.warning("FHIR %s %s request failed: %s", method, label, type(exc).__name__)
                 raise FhirConnectionError(
                     f"{method} {label}: request failed ({type(exc).__name__})"
                 ) from None
-            elapsed = (time.monotonic() - started) * 1000
             status = response.status_code
-            if retry and status in _RETRY_STATUSES and attempt < self.max_retries:
-                retry_after = _retry_after_seconds(response.headers.get("Retry-After"))
-                if retry_after is not None and retry_after > self.max_retry_after:
-                    logger.warning(
-                        "FHIR %s %s -> %d in %.0f ms; Retry-After %.0f s exceeds the %.0f s cap, giving up",
-                        method,
-                        label,
-                        status,
-                        elapsed,
-                        retry_after,
-                        self.max_retry_after,
-                    )
-                    return response
-                delay = retry_after if retry_after is not None else self._backoff_delay(attempt)
-                logger.warning(
-                    "FHIR %s %s -> %d in %.0f ms; retry %d in %.2f s",
-                    method,
-                    label,
-                    status,
-                    elapsed,
-                    attempt + 1,
-                    delay,
-                )
+            content: bytes | bytearray = b""
+            if status in _REDIRECT_STATUSES:
                 response.close()
-                self._sleep(delay)
-                attempt += 1
-                continue
-            log = logger.debug if status < 400 else logger.warning
-            log("FHIR %s %s -> %d in %.0f ms", method, label, status, elapsed)
-            return response
+            else:
+                ok = 200 <= status < 300
+                limit = self.max_response_bytes if ok else _MAX_ERROR_BODY_BYTES
+                content = self._read(response, method, label, limit, cutoff, limit_name, ok=ok)
+        log = logger.debug if status < 400 else logger.warning
+        log("FHIR %s %s -> %d in %.0f ms", method, label, status, _ms(started))
+        return _Answer(
+            method=method,
+            url=response.url or url,
+            status=status,
+            reason=response.reason or "",
+            headers=response.headers,
+            body=content,
+        )
+
+    def _read(
+        self,
+        response: requests.Response,
+        method: str,
+        label: str,
+        limit: int,
+        cutoff: Cutoff,
+        limit_name: str,
+        *,
+        ok: bool,
+    ) -> bytes | bytearray:
+        """The body within ``limit`` bytes and the cut-off; an error body that cannot be read is empty
+        (the status still tells what happened)."""
+        try:
+            return read_body(response, limit)
+        except CutShort as exc:
+            if not ok:
+                return b""
+            logger.warning("FHIR %s %s cut short: %s", method, label, exc.reason)
+            raise FhirCutShort(
+                f"{method} {label}: {exc.reason}", limit=exc.limit, status=response.status_code
+            ) from None
+        except (urllib3.exceptions.HTTPError, requests.exceptions.RequestException, OSError) as exc:
+            if cutoff.passed:
+                raise self._cut_short_in_time(method, label, limit_name) from None
+            if not ok:
+                return b""
+            logger.warning("FHIR %s %s: the answer broke off (%s)", method, label, type(exc).__name__)
+            if isinstance(exc, urllib3.exceptions.ReadTimeoutError):
+                raise FhirTimeout(f"{method} {label}: the answer stopped arriving (read timeout)") from None
+            raise FhirConnectionError(f"{method} {label}: the answer broke off before its end") from None
+        except (UnsupportedCoding, zlib.error) as exc:
+            if not ok:
+                return b""
+            raise FhirMalformedResponse(
+                f"{method} {label}: the body could not be decoded ({exc})"[:200], status=response.status_code
+            ) from None
+
+    def _cutoff(self) -> tuple[float, str]:
+        """When the next request must be done: the budget's deadline or ``max_request_seconds`` from
+        now, whichever comes first; with that limit named, for messages."""
+        own = time.monotonic() + self.max_request_seconds
+        deadline = self._deadline
+        if deadline is not None and deadline.at <= own:
+            return deadline.at, f"{deadline.seconds:.0f} s budget for reading the record"
+        return own, f"{self.max_request_seconds:.0f} s limit for one request"
+
+    def _timeouts(self, remaining: float) -> tuple[float, float] | float:
+        """The configured (connect, read) timeouts, none longer than what is left."""
+        cap = max(remaining, 0.001)
+        if isinstance(self.timeout, tuple):
+            return (min(self.timeout[0], cap), min(self.timeout[1], cap))
+        return min(self.timeout, cap)
+
+    def _cut_short_in_time(self, method: str, label: str, limit: str, *, sent: bool = True) -> FhirCutShort:
+        what = "the answer was still arriving when" if sent else "not sent:"
+        message = f"{method} {label}: {what} the {limit} ran out"
+        logger.warning("FHIR %s", message)
+        return FhirCutShort(message, limit="time")
 
     def _backoff_delay(self, attempt: int) -> float:
         return float(min(self.max_backoff, self.backoff * (2**attempt)))
 
     # -- bodies ----------------------------------------------------------------------------------
 
-    def _json_body(self, response: requests.Response) -> Any:
+    def _json_body(self, response: _Answer) -> Any:
         label = _label(self._base, response.url or self.base_url)
         try:
-            return fj.decode_json(response.content)
-        except ValueError:
+            return fj.decode_json(response.body, max_bytes=self.max_response_bytes)
+        except ValueError as exc:
+            reason = getattr(exc, "reason", "not valid JSON")
+            what = "not JSON" if reason == "not valid JSON" else f"not usable JSON ({reason})"
             raise FhirMalformedResponse(
-                f"{response.request.method if response.request else 'GET'} {label}: "
-                "the response body is not JSON",
-                status=response.status_code,
+                f"{response.method} {label}: the response body is {what}", status=response.status
             ) from None
 
-    def _error_from_response(self, method: str, url: str, response: requests.Response) -> FhirError:
+    def _error_from_response(self, method: str, url: str, response: _Answer) -> FhirError:
         outcome: dict[str, Any] | None = None
-        if response.content:
+        if response.body:
             try:
-                body = fj.decode_json(response.content)
+                body = fj.decode_json(response.body, max_bytes=_MAX_ERROR_BODY_BYTES)
             except ValueError:
                 body = None
             if isinstance(body, dict) and body.get("resourceType") == "OperationOutcome":
                 outcome = body
-        status = response.status_code
+        status = response.status
         reason = response.reason or ""
         message = f"{method} {_label(self._base, url)}: HTTP {status}{' ' + reason if reason else ''}"
         error = error_for_status(
@@ -670,6 +835,10 @@ def _parse_location(location: str | None, resource_type: str) -> tuple[str | Non
 
 def _etag_version(etag: str | None) -> str | None:
     return fj.etag_version(etag)
+
+
+def _ms(started: float) -> float:
+    return (time.monotonic() - started) * 1000
 
 
 def _str_or_none(value: Any) -> str | None:

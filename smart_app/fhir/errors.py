@@ -98,6 +98,23 @@ class FhirMalformedResponse(FhirError):
     not answer with a Bundle)."""
 
 
+class FhirCutShort(FhirError):
+    """The answer was stopped before it was complete: the read budget's deadline passed (``limit``
+    ``"time"``; a ``Retry-After`` longer than what is left counts too) or it grew past the size cap
+    (``"size"``, counted decompressed). What it would have said is not read."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        limit: str,
+        status: int | None = None,
+        outcome: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message, status=status, outcome=outcome)
+        self.limit = limit
+
+
 class ForeignLinkError(FhirError):
     """A URL (paging ``next`` link, redirect) points outside the FHIR base the token was issued for;
     nothing was sent to it."""

@@ -4,6 +4,9 @@ The Patient read and one search per resource type (FHIR R4 search.html, ``patien
 of Observation, Condition, Procedure, MedicationStatement and MedicationRequest) run in parallel, each
 asking for large pages (``_count``). Types the granted scopes do not cover are not requested (SMART App
 Launch 2.x "Scopes for requesting clinical data"); a failed search is reported and the rest is kept.
+All of it runs within one :class:`~smart_app.fhir.budget.ReadBudget`: a type whose answers did not
+arrive in time or grew past the size cap is reported as not read (``ReadFailure.cut_short``), none of
+its pages kept, so the criteria treat what it would decide as unknown.
 Observation ``category`` is deliberately not used as a filter: examination findings are often
 recorded without a category.
 """
@@ -12,11 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
+from smart_app.fhir.budget import ReadBudget
 from smart_app.fhir.client import FhirClient
-from smart_app.fhir.errors import FhirError, FhirUnauthorized
+from smart_app.fhir.errors import FhirCutShort, FhirError, FhirUnauthorized
 
 #: Searched in this order; the result keeps it, so output is deterministic.
 SEARCH_TYPES: tuple[str, ...] = (
@@ -33,11 +38,13 @@ DEFAULT_PAGE_SIZE = 1000
 
 @dataclass(frozen=True)
 class ReadFailure:
-    """One read or search that failed; ``message`` is safe to show (no token, no query values)."""
+    """One read or search that failed; ``message`` is safe to show (no token, no query values).
+    ``cut_short``: stopped by the read budget (time or size) rather than refused by the server."""
 
     resource_type: str
     message: str
     status: int | None
+    cut_short: bool = False
 
 
 @dataclass
@@ -63,8 +70,10 @@ def fetch_patient_record(
     *,
     page_size: int = DEFAULT_PAGE_SIZE,
     max_workers: int = 4,
+    budget: ReadBudget | None = None,
 ) -> FetchResult:
-    """Read the Patient and search its clinical resources in parallel.
+    """Read the Patient and search its clinical resources in parallel, all within ``budget`` when
+    given (one deadline for every request, a size cap per answer).
 
     Raises ``FhirUnauthorized`` when every request attempted was answered 401 (the token is no good:
     refresh or relaunch); any other failure lands in ``failures``. Resources whose subject is another
@@ -84,7 +93,10 @@ def fetch_patient_record(
 
     params = {"patient": patient_id, "_count": str(page_size)}
     notes_by_type: dict[str, list[str]] = {resource_type: [] for resource_type in search_types}
-    with ThreadPoolExecutor(max_workers=max(1, max_workers), thread_name_prefix="fhir-fetch") as pool:
+    with (
+        client.budget(budget) if budget is not None else nullcontext(),
+        ThreadPoolExecutor(max_workers=max(1, max_workers), thread_name_prefix="fhir-fetch") as pool,
+    ):
         patient_future: Future[dict[str, Any]] | None = (
             pool.submit(client.read, "Patient", patient_id) if read_patient else None
         )
@@ -156,4 +168,11 @@ def _record_failure(
 ) -> None:
     if isinstance(exc, FhirUnauthorized):
         unauthorized.append(exc)
-    failures.append(ReadFailure(resource_type=resource_type, message=exc.message, status=exc.status))
+    failures.append(
+        ReadFailure(
+            resource_type=resource_type,
+            message=exc.message,
+            status=exc.status,
+            cut_short=isinstance(exc, FhirCutShort),
+        )
+    )

@@ -64,6 +64,10 @@ def init_app(app: Flask) -> None:
     """Bind sessions, security headers, CSRF and the blueprints to ``app``."""
     init_sessions(app)
     csrf.init_app(app)
+    from smart_app.web.ehrtext import ehr_json, ehr_text
+
+    app.jinja_env.filters["ehr"] = ehr_text
+    app.jinja_env.filters["ehr_json"] = ehr_json
     app.after_request(security_headers)
 
     from smart_app.web import audit, cds, errors, launch, session, views

@@ -13,6 +13,7 @@ from smart_app import fhirjson as fj
 from smart_app import pipeline
 from smart_app.auditlog import audit_event
 from smart_app.drafts.written import summary_lines
+from smart_app.fhir.budget import ReadBudget
 from smart_app.fhir.errors import FhirError
 from smart_app.fhir.record import DEFAULT_PAGE_SIZE
 from smart_app.smart.launch import Launch
@@ -172,8 +173,19 @@ def _run_review(launch: Launch) -> tuple[pipeline.Review, list[dict[str, Any]]]:
         assessment_as=assessment_as,
         extra_resources=extra,
         page_size=int(current_app.config.get("FHIR_PAGE_SIZE", DEFAULT_PAGE_SIZE)),
+        budget=read_budget(),
     )
     return review, [*review.fetch.resources, *extra] if review.fetch.patient is not None else []
+
+
+def read_budget() -> ReadBudget:
+    """The read budget of one review from the settings ``FHIR_READ_BUDGET_SECONDS`` and
+    ``FHIR_MAX_RESPONSE_BYTES``."""
+    config, default = current_app.config, ReadBudget()
+    return ReadBudget(
+        seconds=float(config.get("FHIR_READ_BUDGET_SECONDS", default.seconds)),
+        max_response_bytes=int(config.get("FHIR_MAX_RESPONSE_BYTES", default.max_response_bytes)),
+    )
 
 
 def _cache_review(review: pipeline.Review, unsaved_exam: bool) -> dict[str, Any]:
@@ -194,7 +206,8 @@ def _cache_review(review: pipeline.Review, unsaved_exam: bool) -> dict[str, Any]
 def _read_problems(review: pipeline.Review) -> dict[str, list[Any]]:
     return {
         "failures": [
-            {"type": f.resource_type, "message": f.message, "status": f.status} for f in review.fetch.failures
+            {"type": f.resource_type, "message": f.message, "status": f.status, "cut_short": f.cut_short}
+            for f in review.fetch.failures
         ],
         "skipped": [{"type": t, "reason": r} for t, r in review.fetch.skipped],
         "notes": [str(n) for n in getattr(review.fetch, "notes", [])],

@@ -59,6 +59,8 @@ def _outcome_view(outcome: WriteOutcome) -> dict[str, Any]:
     """A ``WriteOutcome`` as plain data for the result template."""
     return {
         "ok": outcome.ok,
+        "result": outcome.result,
+        "summary": outcome.summary(),
         "mode": outcome.mode,
         "entries": [
             {
@@ -74,7 +76,9 @@ def _outcome_view(outcome: WriteOutcome) -> dict[str, Any]:
         "issues": list(outcome.errors),
         "status": outcome.status,
         "failed": outcome.failed,
-        "not_written": list(outcome.not_written),
+        "missing": list(outcome.missing),
+        "unknown": list(outcome.unknown),
+        "read_back": outcome.read_back,
         "notes": list(outcome.notes),
     }
 
@@ -111,13 +115,7 @@ def writeback() -> tuple[str, int] | BaseResponse:
     try:
         written = write_drafts(get_fhir(), cached["drafts"], mode)
         outcome = _outcome_view(written)
-        audit_event(
-            "write",
-            ids=[f"{w.resource_type}/{w.id}" for w in written.written if w.id],
-            patient=cached.get("patient_id"),
-            status=written.status,
-            mode=written.mode,
-        )
+        audit_write(written, patient=cached.get("patient_id"), user=launch.fhir_user)
     except InvalidDraft as exc:
         # The app's own mistake, not the EHR's: logged for its maintainers; a retry would send the same.
         log.error(
@@ -127,9 +125,41 @@ def writeback() -> tuple[str, int] | BaseResponse:
         audit_event("error", where="writeback", error="InvalidDraft")
         outcome = _nothing_written(mode, list(exc.issues), app_problem=True)
     except FhirError as exc:
-        audit_event("error", where="writeback", status=exc.status, error=type(exc).__name__)
+        audit_event(
+            "write",
+            outcome="not-written",
+            status=exc.status,
+            error=type(exc).__name__,
+            mode=mode,
+            patient=cached.get("patient_id"),
+            user=launch.fhir_user,
+        )
         outcome = _nothing_written(mode, exc.issues() or [exc.message], status=exc.status)
     return _result_page(outcome, state, launch, cached), 200 if outcome["ok"] else 502
+
+
+def audit_write(outcome: WriteOutcome, *, patient: Any, user: str | None) -> None:
+    """The write's line in the app's audit log: who, for which patient, and what the EHR holds after it
+    (created / matched / found-by-reading-back references, the resource types missing or unknown, the
+    result and the HTTP status of a refusal)."""
+
+    def refs(created: bool | None) -> list[str]:
+        return [f"{w.resource_type}/{w.id}" for w in outcome.written if w.id and w.created is created]
+
+    audit_event(
+        "write",
+        outcome=outcome.result,
+        mode=outcome.mode,
+        patient=patient,
+        user=user,
+        status=outcome.status,
+        ids=[f"{w.resource_type}/{w.id}" for w in outcome.written if w.id],
+        created=refs(True),
+        matched=refs(False),
+        found=refs(None),
+        missing=list(outcome.missing),
+        unknown=list(outcome.unknown),
+    )
 
 
 def _nothing_written(
@@ -145,12 +175,16 @@ def _nothing_written(
     return {
         "app_problem": app_problem,
         "ok": False,
+        "result": "not-written",
+        "summary": "Nothing was sent to the EHR.",
         "entries": [],
         "issues": issues,
         "mode": mode,
         "status": status,
         "failed": None,
-        "not_written": [],
+        "missing": [],
+        "unknown": [],
+        "read_back": False,
         "notes": notes or [],
     }
 
