@@ -120,6 +120,10 @@ class Criteria:
     def read_valuesets(self) -> frozenset[str]:
         """Every ValueSet the engine reads with: those the document names and those its findings' format
         defaults name (the signs of NEURO_DEFICIT in 1.0.0)."""
+        return self._read_valuesets
+
+    @functools.cached_property
+    def _read_valuesets(self) -> frozenset[str]:
         return frozenset(valueset_urls(self.data)) | frozenset(valueset_urls(list(self.findings)))
 
     def threshold(self, value: object) -> float:
