@@ -219,7 +219,7 @@ def test_requests_run_in_parallel(rsps, client):
     for resource_type in ALL_TYPES:
         url = f"{BASE}/Patient/{PID}" if resource_type == "Patient" else f"{BASE}/{resource_type}"
         rsps.add_callback(responses.GET, url, callback=handler)
-    result = fetch_patient_record(client, PID, lambda resource_type: True, max_workers=4)
+    result = fetch_patient_record(client, PID, lambda resource_type: True)
     assert result.failures == []
     assert not barrier.broken  # four requests were in flight at the same time
     assert len(arrivals) == 6

@@ -21,8 +21,10 @@ findings. Each would lose evidence the criteria read.
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Callable, Collection, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -106,11 +108,11 @@ def fetch_patient_record(
     read_patient: bool = True,
     keep: Callable[[dict[str, Any]], bool] | None = None,
     page_size: int = DEFAULT_PAGE_SIZE,
-    max_workers: int = 4,
     budget: ReadBudget | None = None,
 ) -> FetchResult:
     """Read the Patient (unless ``read_patient`` is false) and search ``types`` for its resources in
-    parallel, all within ``budget`` when given (one deadline for every request, a size cap per answer).
+    parallel (threads of the process's read pool), all within ``budget`` when given (one deadline for
+    every request, a size cap per answer).
 
     ``keep``, when given, is asked about each resource of a searched type as its page is decoded: one it
     refuses is counted (``counts``, ``unmatched``) but not kept, and is never held with the rest. It must
@@ -134,10 +136,8 @@ def fetch_patient_record(
 
     params = {"patient": patient_id, "_count": str(page_size)}
     notes_by_type: dict[str, list[str]] = {resource_type: [] for resource_type in search_types}
-    with (
-        client.budget(budget) if budget is not None else nullcontext(),
-        ThreadPoolExecutor(max_workers=max(1, max_workers), thread_name_prefix="fhir-fetch") as pool,
-    ):
+    with client.budget(budget) if budget is not None else nullcontext():
+        pool = _pool()
         patient_future: Future[dict[str, Any]] | None = (
             pool.submit(client.read, "Patient", patient_id) if read_patient else None
         )
@@ -147,6 +147,8 @@ def fetch_patient_record(
             )
             for resource_type in search_types
         }
+        running: list[Future[Any]] = [*search_futures.values()]
+        wait([*running, patient_future] if patient_future is not None else running)
 
     failures: list[ReadFailure] = []
     unauthorized: list[FhirUnauthorized] = []
@@ -206,6 +208,21 @@ def fetch_patient_record(
         notes=notes,
         unmatched=unmatched,
     )
+
+
+#: Threads of the reads of every launch of the process; made on demand, kept for the next launch.
+MAX_READ_THREADS = 32
+_shared: tuple[int, ThreadPoolExecutor] | None = None
+_shared_lock = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    """The process's pool of read threads (a new one in a process forked from one that had it)."""
+    global _shared
+    with _shared_lock:
+        if _shared is None or _shared[0] != os.getpid():
+            _shared = (os.getpid(), ThreadPoolExecutor(MAX_READ_THREADS, thread_name_prefix="fhir-fetch"))
+        return _shared[1]
 
 
 def _search(
