@@ -166,6 +166,7 @@ class FhirClient:
         self.session.mount(
             urlunsplit((self._origin.scheme, self._origin.netloc, "", "", "")), WatchedAdapter()
         )
+        _settle_environment(self.session, self.base_url)
         self.timeout: tuple[float, float] | float = (
             (float(timeout[0]), float(timeout[1])) if isinstance(timeout, Sequence) else float(timeout)
         )
@@ -789,6 +790,18 @@ def _parse_base(base_url: str) -> _Base:
         raise ValueError("base_url must not carry a query, fragment or user info")
     port = parts.port if parts.port is not None else _DEFAULT_PORTS[scheme]
     return _Base(scheme=scheme, host=parts.hostname.lower(), port=port, path=parts.path.rstrip("/"))
+
+
+def _settle_environment(session: requests.Session, base_url: str) -> None:
+    """Read once what ``requests`` reads from the environment on every request: the proxy for the base
+    (``HTTPS_PROXY``, ``NO_PROXY``...) and a CA bundle (``REQUESTS_CA_BUNDLE``). The client only sends to
+    its base, so one reading holds for all its requests, and ~0.5 ms of work per request is saved. A
+    ``.netrc`` entry is no longer looked up: its Basic credentials would replace the bearer token."""
+    settings = session.merge_environment_settings(base_url, {}, None, None, None)
+    session.proxies = settings["proxies"]
+    session.verify = settings["verify"]
+    session.cert = settings["cert"]
+    session.trust_env = False
 
 
 def _check_type(resource_type: str) -> None:
