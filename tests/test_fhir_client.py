@@ -147,6 +147,26 @@ def test_no_token_sends_no_authorization(rsps):
     assert "Authorization" not in rsps.calls[0].request.headers
 
 
+def test_proxy_settings_hold_and_a_netrc_entry_never_replaces_the_bearer(rsps, monkeypatch, tmp_path):
+    """The environment is read once per client: a proxy for the base is used, NO_PROXY bypasses it, and
+    a .netrc entry for the EHR's host (Basic credentials) does not replace the bearer token."""
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine ehr.example login someone password secret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    proxied = FhirClient(BASE, token=TOKEN)
+    assert proxied.session.proxies["https"] == "http://proxy.example:3128"
+    monkeypatch.setenv("NO_PROXY", "ehr.example")
+    direct = FhirClient(BASE, token=TOKEN)
+    assert "https" not in direct.session.proxies
+    rsps.get(f"{BASE}/Patient/p1", json={"resourceType": "Patient", "id": "p1"})
+    direct.read("Patient", "p1")
+    assert auth_of(rsps.calls[0]) == f"Bearer {TOKEN}"
+
+
 def test_capabilities_must_be_a_capability_statement(rsps, client):
     rsps.get(f"{BASE}/metadata", json={"resourceType": "Bundle"})
     with pytest.raises(FhirMalformedResponse):
