@@ -2,6 +2,8 @@
 
 - Decoding: :func:`decode_json` is the only way the app turns outside bytes into Python (size cap, depth
   guard, the collector paused), for discovery, token, JWKS, FHIR, style and CDS payloads alike.
+  :func:`iter_bundle_entries` reads a Bundle one entry at a time; whatever it cannot vouch for (depth,
+  malformed JSON) it hands back as :class:`NotStreamable`, and the caller decodes with :func:`decode_json`.
 - Elements: concepts and codings, values, dates as intervals (R4 Datatypes: date, dateTime, instant),
   references (R4 references.html, literal references, relative or absolute, versioned or not), and the
   id and version a server gives in ``Location`` and ``ETag`` (R4 http.html#create, #versioning).
@@ -15,7 +17,7 @@ from __future__ import annotations
 import gc
 import re
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -450,3 +452,85 @@ def decode_json(data: bytes | bytearray | memoryview | str, *, max_bytes: int | 
             if "depth" in str(exc).lower() or "recursion" in str(exc).lower():
                 raise JsonInputError(f"nested deeper than {MAX_DEPTH} levels") from None
             raise JsonInputError("not valid JSON") from None
+
+
+# -- a Bundle entry by entry ---------------------------------------------------------------------------
+
+
+class NotStreamable(Exception):
+    """The entry splitter cannot vouch for this document; decode it whole (:func:`decode_json`) instead."""
+
+
+_ENTRY_ARRAY = re.compile(rb'"entry"\s*:\s*\[\s*')
+# Candidate end of a Bundle entry: "}" "," then an object whose first key is a BundleEntry key.
+_ENTRY_GAP = re.compile(
+    rb'\}\s*,\s*(?=\{\s*"(?:fullUrl|resource|search|request|response|link|id|extension|modifierExtension)"\s*:)'
+)
+_ARRAY_END = re.compile(rb"\}\s*\]")
+_MAX_MISSES = 32  # false candidates tolerated inside one entry before giving up streaming
+
+
+def iter_bundle_entries(data: bytes | bytearray) -> Generator[dict[str, Any], None, dict[str, Any]]:
+    """Decode a Bundle's entries one at a time, so the whole Bundle is never held as Python objects; the
+    generator's return value is the rest of the Bundle (every element but ``entry``).
+
+    Entry boundaries are found by a byte pattern and each candidate is verified by decoding it: the
+    shortest prefix of an entry that decodes is exactly that entry, so a false candidate (inside a
+    resource) only costs a failed decode. The rest of the Bundle is decoded at the end to check it is a
+    well-formed Bundle. Raises :class:`NotStreamable` when any of this fails, possibly after entries were
+    yielded: the caller then discards them and decodes the document whole (and reports it if broken).
+    orjson refuses nesting deeper than :data:`MAX_DEPTH` like :func:`decode_json`, so such an entry
+    also ends in :class:`NotStreamable`.
+    """
+    view = memoryview(data)
+    head = _ENTRY_ARRAY.search(data)
+    if head is None:
+        raise NotStreamable
+    cur = head.end()
+    array_open = head.end() - 1
+    while data[array_open : array_open + 1] != b"[":
+        array_open -= 1
+    if data[cur : cur + 1] == b"]":
+        array_close = cur
+    else:
+        if data[cur : cur + 1] != b"{":
+            raise NotStreamable
+        misses = 0
+        for gap in _ENTRY_GAP.finditer(data, cur):
+            end = gap.start() + 1
+            try:
+                entry = orjson.loads(view[cur:end])
+            except orjson.JSONDecodeError:
+                misses += 1  # the gap was inside the entry
+                if misses > _MAX_MISSES:
+                    raise NotStreamable from None  # keep the work linear: decode whole instead
+                continue
+            if not isinstance(entry, dict):
+                raise NotStreamable
+            yield entry
+            cur = gap.end()
+            misses = 0
+        for tail in _ARRAY_END.finditer(data, cur):
+            try:
+                entry = orjson.loads(view[cur : tail.start() + 1])
+            except orjson.JSONDecodeError:
+                misses += 1
+                if misses > _MAX_MISSES:
+                    raise NotStreamable from None
+                continue
+            if not isinstance(entry, dict):
+                raise NotStreamable
+            yield entry
+            array_close = tail.end() - 1
+            break
+        else:
+            raise NotStreamable
+    try:
+        envelope = orjson.loads(bytes(data[: array_open + 1]) + bytes(data[array_close:]))
+    except orjson.JSONDecodeError:
+        raise NotStreamable from None
+    if not isinstance(envelope, dict) or envelope.get("resourceType") != "Bundle":
+        raise NotStreamable
+    if envelope.pop("entry", None) != []:
+        raise NotStreamable
+    return envelope

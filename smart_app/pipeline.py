@@ -4,15 +4,22 @@
 A view, the CLI and the CDS service call these functions; none of them assembles the steps itself.
 The drafting models and the HTTP client are imported where they are used, so that assessing a file
 (``smart-app assess --bundle``) loads only the clinical core.
+
+A launch reads only what decides (:func:`read_and_assess`): the Patient and the types that decide the
+classification first, in parallel; the types only the treatment ladder reads when the classification
+leads there (the criteria's ``data_dependencies``, :func:`smart_app.clinical.engine.read_plan`); and it
+sets aside, as pages are decoded, every resource that can only be counted
+(:class:`smart_app.clinical.facts.Sieve`). The assessment is the one a read of everything gives.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from smart_app import fhirjson as fj
 from smart_app.clinical import PatientRecord, assess, assess_bundle, load_bundle
 
 if TYPE_CHECKING:
@@ -30,7 +37,8 @@ def now() -> datetime:
 
 @dataclass
 class Review:
-    """Everything the review page shows for one launched patient."""
+    """Everything the review page shows for one launched patient. ``extra_resources`` are those added to
+    what was read (an exam recorded in this session and not saved)."""
 
     patient_id: str
     fetch: FetchResult
@@ -38,10 +46,25 @@ class Review:
     drafts: dict[str, Any] | None
     missing_write_scopes: list[str] = field(default_factory=list)
     as_of: datetime = field(default_factory=now)
+    extra_resources: Sequence[dict[str, Any]] = ()
 
     @property
     def can_write(self) -> bool:
         return self.drafts is not None and not self.missing_write_scopes
+
+    def resources_for(self, references: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The resources named by ``references`` (``Type/id``, as the assessment names its evidence and
+        what it set aside) among the Patient, what was kept of the read and ``extra_resources``; a
+        reference with no resource is left out. Only the references asked for are looked up, so a page
+        describes the evidence it shows and nothing else."""
+        wanted = set(references)
+        found: dict[str, dict[str, Any]] = {}
+        patient = [self.fetch.patient] if self.fetch.patient is not None else []
+        for resource in [*patient, *self.fetch.resources, *self.extra_resources]:
+            ref = fj.reference(resource)
+            if ref in wanted:
+                found[ref] = resource
+        return found
 
 
 def unavailable_types(fetched: FetchResult) -> dict[str, str]:
@@ -79,7 +102,77 @@ def record_of(
         resources=[*fetched.resources, *extra_resources],
         unavailable=unavailable_types(fetched),
         fhir_base=fhir_base,
+        unmatched=fetched.unmatched,
     )
+
+
+def read_and_assess(
+    client: FhirClient,
+    patient_id: str,
+    readable: Callable[[str], bool],
+    *,
+    as_of: datetime,
+    criteria_version: str | None = None,
+    extra_resources: Sequence[dict[str, Any]] = (),
+    page_size: int | None = None,
+    budget: ReadBudget | None = None,
+) -> tuple[FetchResult, dict[str, Any] | None]:
+    """Read what decides about the patient and assess it: the Assessment JSON (``None`` when the
+    Patient could not be read) is the one reading every type would give, within one ``budget`` for
+    all the reads (default: :class:`ReadBudget`'s).
+
+    1. The Patient and the types of the criteria's first step (:func:`~smart_app.clinical.engine
+       .read_plan`), in parallel; a granted type of the later step is ``not_needed`` for now, one not
+       granted is skipped as unreadable as before.
+    2. When the classification leads to the treatment ladder, the types still not needed are read and
+       the record assessed again.
+
+    Each resource of the launched patient (``subject`` ``Patient/<id>``) that can only be counted is set
+    aside as it is decoded. When the server answers the Patient read with another Patient (a redirect
+    after a merge), those would be another patient's, reported one by one: the record is then read again
+    whole so the report stays the same.
+    """
+    from smart_app.clinical.engine import criteria_for, leads_to_ladder, read_plan
+    from smart_app.clinical.facts import Sieve
+    from smart_app.fhir.budget import ReadBudget
+    from smart_app.fhir.record import (
+        DEFAULT_PAGE_SIZE,
+        SCOPE_NOT_GRANTED,
+        SEARCH_TYPES,
+        fetch_patient_record,
+    )
+
+    criteria = criteria_for(criteria_version)
+    plan = read_plan(criteria)
+    first = [t for t in SEARCH_TYPES if t in plan.first]
+    later = [t for t in SEARCH_TYPES if t not in plan.first]
+    sieve = Sieve(criteria)
+    subject = f"Patient/{patient_id}"
+
+    def keep(resource: dict[str, Any]) -> bool:
+        return not sieve.inert(resource, subject)
+
+    def record(fetched: FetchResult) -> PatientRecord:
+        return record_of(fetched, extra_resources, fhir_base=client.base_url)
+
+    size = page_size or DEFAULT_PAGE_SIZE
+    with client.budget(budget or ReadBudget()):
+        fetched = fetch_patient_record(client, patient_id, readable, types=first, keep=keep, page_size=size)
+        fetched.skipped += [(t, SCOPE_NOT_GRANTED) for t in later if not readable(t)]
+        fetched.not_needed = [t for t in later if readable(t)]
+        if fetched.patient is None:
+            return fetched, None
+        if fetched.unmatched and not record(fetched).subject_matches(subject):
+            fetched = fetch_patient_record(client, patient_id, readable, page_size=size)
+        assessment = assess(record(fetched), as_of, criteria.version)
+        if fetched.not_needed and leads_to_ladder(criteria, assessment.classification):
+            later_types = fetched.not_needed
+            more = fetch_patient_record(
+                client, patient_id, readable, types=later_types, read_patient=False, keep=keep, page_size=size
+            )
+            fetched = fetched.then(more, covered=later_types)
+            assessment = assess(record(fetched), as_of, criteria.version)
+    return fetched, assessment.to_json()
 
 
 def review_patient(
@@ -103,21 +196,27 @@ def review_patient(
     ``extra_resources`` are added to what was read: an exam recorded in this session but not saved.
     """
     from smart_app.drafts.build import build_transaction
-    from smart_app.fhir.budget import ReadBudget
-    from smart_app.fhir.record import DEFAULT_PAGE_SIZE, fetch_patient_record
 
     as_of = as_of or now()
-    fetched = fetch_patient_record(
+    fetched, assessment = read_and_assess(
         client,
         patient_id,
         readable or scopes.can_read,
-        page_size=page_size or DEFAULT_PAGE_SIZE,
-        budget=budget or ReadBudget(),
+        as_of=as_of,
+        criteria_version=criteria_version,
+        extra_resources=extra_resources,
+        page_size=page_size,
+        budget=budget,
     )
-    if fetched.patient is None:
-        return Review(patient_id=patient_id, fetch=fetched, assessment=None, drafts=None, as_of=as_of)
-    record = record_of(fetched, extra_resources, fhir_base=client.base_url)
-    assessment = assess(record, as_of, criteria_version).to_json()
+    if assessment is None:
+        return Review(
+            patient_id=patient_id,
+            fetch=fetched,
+            assessment=None,
+            drafts=None,
+            as_of=as_of,
+            extra_resources=extra_resources,
+        )
     drafts = build_transaction(
         assessment, author=author, encounter=encounter, recorded=as_of, assessment_as=assessment_as
     )
@@ -128,6 +227,7 @@ def review_patient(
         drafts=drafts,
         missing_write_scopes=missing_write_scopes(scopes, drafts),
         as_of=as_of,
+        extra_resources=extra_resources,
     )
 
 
@@ -146,13 +246,10 @@ def assess_server(
 ) -> tuple[dict[str, Any] | None, FetchResult]:
     """The Assessment JSON of a patient read from a FHIR server with every type readable, within
     ``budget`` (default: :class:`ReadBudget`'s); ``None`` when the Patient itself could not be read."""
-    from smart_app.fhir.budget import ReadBudget
-    from smart_app.fhir.record import fetch_patient_record
-
-    fetched = fetch_patient_record(client, patient_id, lambda _type: True, budget=budget or ReadBudget())
-    if fetched.patient is None:
-        return None, fetched
-    return assess(record_of(fetched, fhir_base=client.base_url), as_of, criteria_version).to_json(), fetched
+    fetched, assessment = read_and_assess(
+        client, patient_id, lambda _type: True, as_of=as_of, criteria_version=criteria_version, budget=budget
+    )
+    return assessment, fetched
 
 
 def draft_file(
@@ -193,30 +290,22 @@ def assess_prefetched(
     them the token's scopes allow. ``prefetched.skipped`` names what is neither prefetched nor read.
     ``None`` when the Patient was neither prefetched nor read. Raises ``FhirUnauthorized`` when the
     server refused the token for every read."""
-    from smart_app.fhir.record import DEFAULT_PAGE_SIZE, FetchResult, fetch_patient_record
+    from smart_app.fhir.record import DEFAULT_PAGE_SIZE, SEARCH_TYPES, fetch_patient_record
 
     fetched = prefetched
     if read:
         if client is None:
             raise ValueError("reading the record needs a FHIR client")
         wanted = frozenset(read)
-        allowed = readable or (lambda _type: True)
         more = fetch_patient_record(
-            client, patient_id, lambda t: t in wanted and allowed(t), page_size=page_size or DEFAULT_PAGE_SIZE
+            client,
+            patient_id,
+            readable or (lambda _type: True),
+            types=[t for t in SEARCH_TYPES if t in wanted],
+            read_patient="Patient" in wanted,
+            page_size=page_size or DEFAULT_PAGE_SIZE,
         )
-        fetched = FetchResult(
-            patient=prefetched.patient or more.patient,
-            resources=[*prefetched.resources, *more.resources],
-            counts={
-                t: prefetched.counts.get(t, 0) + more.counts.get(t, 0)
-                for t in sorted({*prefetched.counts, *more.counts})
-            },
-            failures=[*prefetched.failures, *more.failures],
-            skipped=[s for s in prefetched.skipped if s[0] not in wanted]
-            + [s for s in more.skipped if s[0] in wanted],
-            round_trips=prefetched.round_trips + more.round_trips,
-            notes=[*prefetched.notes, *more.notes],
-        )
+        fetched = prefetched.then(more, covered=wanted)
     if fetched.patient is None:
         return None, fetched
     base = client.base_url if client is not None else None

@@ -84,6 +84,23 @@ def test_assess_and_draft_from_the_installed_wheel(installed: tuple[Path, Path])
     assert str(ROOT) not in check and "site-packages" in check
 
 
+def test_readiness_check_from_the_installed_wheel(installed: tuple[Path, Path]) -> None:
+    """`smart-app check` runs without the source tree and reports an unreachable EHR as not ready."""
+    bin_dir, work = installed
+    closed = f"http://127.0.0.1:{free_port()}/fhir"
+    result = subprocess.run(
+        [bin_dir / "smart-app", "check", closed, "--json"],
+        cwd=work,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    report = json.loads(result.stdout)
+    assert result.returncode != 0 and report["status"] == "not-ready"
+    assert {c["id"]: c["status"] for c in report["checks"]}["smart-configuration"] == "fail"
+
+
 def test_serve_from_the_installed_wheel(installed: tuple[Path, Path]) -> None:
     bin_dir, work = installed
     port = free_port()

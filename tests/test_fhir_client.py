@@ -14,6 +14,7 @@ import requests
 import responses
 from responses import matchers
 
+from smart_app import fhirjson as fj
 from smart_app.fhir import (
     FhirClient,
     FhirClientError,
@@ -144,6 +145,26 @@ def test_no_token_sends_no_authorization(rsps):
     rsps.get(f"{BASE}/metadata", json={"resourceType": "CapabilityStatement", "status": "active"})
     assert client.capabilities()["resourceType"] == "CapabilityStatement"
     assert "Authorization" not in rsps.calls[0].request.headers
+
+
+def test_proxy_settings_hold_and_a_netrc_entry_never_replaces_the_bearer(rsps, monkeypatch, tmp_path):
+    """The environment is read once per client: a proxy for the base is used, NO_PROXY bypasses it, and
+    a .netrc entry for the EHR's host (Basic credentials) does not replace the bearer token."""
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine ehr.example login someone password secret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    proxied = FhirClient(BASE, token=TOKEN)
+    assert proxied.session.proxies["https"] == "http://proxy.example:3128"
+    monkeypatch.setenv("NO_PROXY", "ehr.example")
+    direct = FhirClient(BASE, token=TOKEN)
+    assert "https" not in direct.session.proxies
+    rsps.get(f"{BASE}/Patient/p1", json={"resourceType": "Patient", "id": "p1"})
+    direct.read("Patient", "p1")
+    assert auth_of(rsps.calls[0]) == f"Bearer {TOKEN}"
 
 
 def test_capabilities_must_be_a_capability_statement(rsps, client):
@@ -307,6 +328,66 @@ def test_entries_without_a_resource_and_outcome_entries_are_skipped_with_a_note(
     assert [r["id"] for r in found] == ["o1", "o3"]
     assert any("3 entries without a resource" in note for note in notes)
     assert any("server messages" in note for note in notes)
+
+
+def test_each_entry_is_handed_to_take_as_it_is_decoded_and_only_what_take_returns_is_kept(rsps, client):
+    """``search_each`` decodes a page one entry at a time (the page is never held as Python objects)."""
+    rsps.get(f"{BASE}/Observation", json=bundle([obs(1), obs(2)], f"{BASE}/Observation?page=2"))
+    rsps.get(
+        f"{BASE}/Observation", json=bundle([obs(3)]), match=[matchers.query_param_matcher({"page": "2"})]
+    )
+    seen: list[str] = []
+
+    def take(resource: dict[str, Any]) -> str:
+        seen.append(resource["id"])
+        return resource["id"].upper()
+
+    assert list(client.search_each("Observation", {"patient": PATIENT_ID}, take)) == ["O1", "O2", "O3"]
+    assert seen == ["o1", "o2", "o3"]
+
+
+def test_a_page_the_entry_splitter_cannot_vouch_for_is_decoded_whole_once(rsps, client, monkeypatch):
+    """Many false entry boundaries inside one resource (components whose first key is ``id``): the
+    splitter gives up mid-page, what it gave is dropped and the page is read again whole, so every
+    resource is taken once and the notes are not doubled."""
+    components = [{"id": f"c{i}", "code": {"text": "x"}, "valueString": "y"} for i in range(100)]
+    tricky = {**obs(2), "component": components}
+    body = bundle([obs(1), tricky, obs(3)])
+    body["entry"].append({"fullUrl": f"{BASE}/Observation/o4"})  # no resource: a note
+    rsps.get(f"{BASE}/Observation", json=body)
+    decodes: list[int] = []
+    whole = fj.decode_json
+
+    def counting(data: Any, **kwargs: Any) -> Any:
+        decodes.append(len(data))
+        return whole(data, **kwargs)
+
+    monkeypatch.setattr(fj, "decode_json", counting)
+    notes: list[str] = []
+    found = list(client.search_each("Observation", {"patient": PATIENT_ID}, lambda r: r["id"], notes=notes))
+    assert found == ["o1", "o2", "o3"]
+    assert len(decodes) == 1  # the page, whole, once
+    assert notes == ["Observation search: 1 entry without a resource skipped"]
+
+
+ONE_OBSERVATION = b'{"resourceType": "Observation", "id": "o1"}'
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"resourceType": "Bundle", "entry": [{"resource": ' + ONE_OBSERVATION + b"}], ",
+        b'{"resourceType": "Patient", "entry": [{"resource": ' + ONE_OBSERVATION + b"}]}",
+    ],
+    ids=["cut-after-the-entries", "not-a-bundle"],
+)
+def test_a_page_found_malformed_after_its_entries_yields_nothing(rsps, client, body):
+    rsps.get(f"{BASE}/Observation", body=body, content_type="application/fhir+json")
+    taken: list[str] = []
+    with pytest.raises(FhirMalformedResponse):
+        for resource in client.search_each("Observation", {"patient": PATIENT_ID}, lambda r: r):
+            taken.append(resource["id"])
+    assert taken == []
 
 
 def test_empty_bundle_without_entry_is_fine(rsps, client):

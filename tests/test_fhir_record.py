@@ -219,7 +219,75 @@ def test_requests_run_in_parallel(rsps, client):
     for resource_type in ALL_TYPES:
         url = f"{BASE}/Patient/{PID}" if resource_type == "Patient" else f"{BASE}/{resource_type}"
         rsps.add_callback(responses.GET, url, callback=handler)
-    result = fetch_patient_record(client, PID, lambda resource_type: True, max_workers=4)
+    result = fetch_patient_record(client, PID, lambda resource_type: True)
     assert result.failures == []
     assert not barrier.broken  # four requests were in flight at the same time
     assert len(arrivals) == 6
+
+
+# -- asking for some types, and setting resources aside ----------------------------------------------------
+def test_only_the_types_asked_for_are_searched_and_the_patient_read_can_be_left_out(rsps, client):
+    everything(rsps)
+    result = fetch_patient_record(
+        client,
+        PID,
+        lambda resource_type: resource_type != "MedicationRequest",
+        types=("Procedure", "MedicationRequest"),
+        read_patient=False,
+    )
+    requested = [urlsplit(c.request.url).path.split("/")[2] for c in rsps.calls]
+    assert requested == ["Procedure"]
+    assert result.patient is None and result.failures == []
+    assert result.skipped == [("MedicationRequest", SCOPE_NOT_GRANTED)]
+
+
+def test_what_keep_refuses_is_counted_not_kept(rsps, client):
+    everything(rsps)
+    offered: list[str] = []
+
+    def keep(resource: dict[str, Any]) -> bool:
+        offered.append(resource["id"])
+        return resource["id"] != "o1"
+
+    result = fetch_patient_record(client, PID, lambda resource_type: True, keep=keep)
+    assert sorted(offered) == ["c1", "mr1", "ms1", "o1", "o2"]
+    assert [r["id"] for r in result.resources] == ["o2", "c1", "ms1", "mr1"]
+    assert result.counts["Observation"] == 2 and result.unmatched == 1
+
+
+def test_a_resource_set_aside_still_wins_over_a_later_copy(rsps, client):
+    """Duplicates keep the first copy, whether or not ``keep`` set it aside: a later copy of a resource
+    that was set aside is dropped as before, so setting aside never changes which copy counts."""
+    everything(rsps)
+    later = {**res("Observation", "o1"), "code": {"text": "changed between pages"}}
+    rsps.replace(
+        responses.GET,
+        f"{BASE}/Observation",
+        json=searchset([res("Observation", "o1")], f"{BASE}/Observation?page=2"),
+        match=[matchers.query_param_matcher({"patient": PID, "_count": "1000"})],
+    )
+    rsps.get(
+        f"{BASE}/Observation", json=searchset([later]), match=[matchers.query_param_matcher({"page": "2"})]
+    )
+    result = fetch_patient_record(
+        client, PID, lambda resource_type: True, keep=lambda r: "code" in r, types=("Observation",)
+    )
+    assert result.resources == [] and result.unmatched == 1
+    assert result.counts == {"Observation": 1}
+    assert any("kept once" in note for note in result.notes)
+
+
+def test_a_read_then_more_types(rsps, client):
+    everything(rsps)
+    first = fetch_patient_record(client, PID, lambda t: t != "Procedure", types=("Observation", "Condition"))
+    first.not_needed = ["MedicationStatement", "MedicationRequest"]
+    first.skipped.append(("Procedure", SCOPE_NOT_GRANTED))
+    more = fetch_patient_record(
+        client, PID, lambda t: True, types=("MedicationStatement", "MedicationRequest"), read_patient=False
+    )
+    both = first.then(more, covered=["MedicationStatement", "MedicationRequest"])
+    assert both.patient == first.patient
+    assert [r["id"] for r in both.resources] == ["o1", "o2", "c1", "ms1", "mr1"]
+    assert both.counts == {"Observation": 2, "Condition": 1, "MedicationStatement": 1, "MedicationRequest": 1}
+    assert both.skipped == [("Procedure", SCOPE_NOT_GRANTED)] and both.not_needed == []
+    assert both.round_trips == first.round_trips + more.round_trips == 5

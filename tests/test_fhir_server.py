@@ -257,6 +257,97 @@ def test_search_by_tag_identifier_patient_and_subject(medplum: MedplumServer) ->
     assert ids("Observation", _tag=f"{TAG_SYSTEM}|{uuid.uuid4()}") == []
 
 
+def test_a_write_between_pages_starts_the_search_again(medplum: MedplumServer) -> None:
+    """Pages are slices of one result (the server keeps it for its next links) only while nothing is
+    written: a create, an update that moves a resource out of the result, or a delete is seen at once."""
+    patient = new_patient(medplum)
+    tag = str(uuid.uuid4())
+    made = [post(medplum, "Observation", observation(patient["id"], tag)).json() for _ in range(3)]
+    query = {"_tag": f"{TAG_SYSTEM}|{tag}", "_count": "2"}
+
+    def page(offset: int = 0) -> dict[str, Any]:
+        answer = requests.get(
+            f"{medplum.base_url}/Observation", params={**query, "_offset": str(offset)}, timeout=30
+        )
+        assert answer.status_code == 200, answer.text
+        body: dict[str, Any] = answer.json()
+        return body
+
+    assert page()["total"] == 3
+    added = post(medplum, "Observation", observation(patient["id"], tag)).json()
+    assert page()["total"] == 4
+    assert added["id"] in [e["resource"]["id"] for e in page(0)["entry"] + page(2)["entry"]]
+    moved = {**made[0], "meta": {"tag": [{"system": TAG_SYSTEM, "code": "elsewhere"}]}}
+    assert requests.put(
+        f"{medplum.base_url}/Observation/{moved['id']}", json=moved, headers=FHIR_JSON, timeout=30
+    ).ok
+    assert page()["total"] == 3
+    assert requests.delete(f"{medplum.base_url}/Observation/{made[1]['id']}", timeout=30).ok
+    assert page()["total"] == 2
+    assert {e["resource"]["id"] for e in page()["entry"]} == {made[2]["id"], added["id"]}
+
+
+@pytest.mark.parametrize(
+    "resource_type, element",
+    [
+        ("Observation", "subject"),
+        ("Condition", "subject"),
+        ("Procedure", "subject"),
+        ("MedicationStatement", "subject"),
+        ("AllergyIntolerance", "patient"),
+    ],
+)
+def test_patient_parameter_matches_what_its_shared_definition_says(
+    medplum: MedplumServer, resource_type: str, element: str
+) -> None:
+    """``patient`` is one definition over 32 types; each type is matched with its own member of it
+    (``Observation.subject.where(resolve() is Patient)``, ``AllergyIntolerance.patient``): a reference
+    to the Patient matches, one to a Group or to another Patient does not."""
+    patient, other = new_patient(medplum), new_patient(medplum)
+    group = post(medplum, "Group", {"resourceType": "Group", "type": "person", "actual": True}).json()
+    tag = str(uuid.uuid4())
+    minimal = {
+        "Observation": {"status": "final", "code": {"text": "x"}},
+        "Condition": {},
+        "Procedure": {"status": "completed"},
+        "MedicationStatement": {"status": "active", "medicationCodeableConcept": {"text": "x"}},
+        "AllergyIntolerance": {
+            "clinicalStatus": {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical",
+                        "code": "active",
+                    }
+                ]
+            }
+        },
+    }[resource_type]
+
+    def create(reference: str) -> str:
+        body = {
+            "resourceType": resource_type,
+            **minimal,
+            element: {"reference": reference},
+            "meta": {"tag": [{"system": TAG_SYSTEM, "code": tag}]},
+        }
+        created = post(medplum, resource_type, body)
+        assert created.status_code == 201, created.text
+        return str(created.json()["id"])
+
+    mine = create(f"Patient/{patient['id']}")
+    create(f"Patient/{other['id']}")
+    if element == "subject":
+        create(f"Group/{group['id']}")
+    for value in (patient["id"], f"Patient/{patient['id']}"):
+        answer = requests.get(
+            f"{medplum.base_url}/{resource_type}",
+            params={"_tag": f"{TAG_SYSTEM}|{tag}", "patient": value},
+            timeout=30,
+        )
+        assert answer.status_code == 200, answer.text
+        assert [e["resource"]["id"] for e in answer.json().get("entry", [])] == [mine]
+
+
 @pytest.mark.parametrize(
     "query, says",
     [

@@ -86,6 +86,48 @@ def test_truncated_and_unknown_codings_are_errors(served: responses.RequestsMock
         fetch(served, b"xyz", "br", cap=1_000)
 
 
+# -- cut-offs ----------------------------------------------------------------------------------------------
+def test_each_cut_off_fires_at_its_instant_and_an_ended_one_never() -> None:
+    """One watchdog thread serves every request's cut-off: the earliest fires first even when it was
+    set last, and a request that ended in time is never shut."""
+    import socket
+    import threading
+    import time
+
+    from smart_app.fhir.budget import cut_off_at
+
+    fired: dict[str, float] = {}
+    started = time.monotonic()
+
+    def request(name: str, seconds: float, lasts: float) -> None:
+        with cut_off_at(time.monotonic() + seconds) as cutoff:
+            left, right = socket.socketpair()
+            cutoff.attach(left)
+            try:
+                left.settimeout(lasts)
+                try:
+                    if left.recv(1) == b"":  # shut down by the cut-off
+                        fired[name] = time.monotonic() - started
+                except TimeoutError:
+                    pass
+            finally:
+                left.close()
+                right.close()
+
+    threads = [
+        threading.Thread(target=request, args=("late", 1.0, 2.0)),
+        threading.Thread(target=request, args=("ended-in-time", 0.6, 0.1)),
+        threading.Thread(target=request, args=("early", 0.3, 2.0)),
+    ]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.05)
+    for thread in threads:
+        thread.join(timeout=5)
+    assert set(fired) == {"early", "late"}
+    assert 0.3 <= fired["early"] < fired["late"] and fired["late"] >= 1.0  # each before its 2 s timeout
+
+
 def test_sizes_are_named_plainly() -> None:
     assert describe_bytes(64 * 1024 * 1024) == "64 MB"
     assert describe_bytes(64 * 1024) == "64 KB"

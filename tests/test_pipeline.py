@@ -101,3 +101,119 @@ def test_missing_write_scopes_are_named_and_block_the_write() -> None:
         review = run(ALL_READ)
     assert set(review.missing_write_scopes) >= {"ClinicalImpression", "Provenance", "ServiceRequest"}
     assert not review.can_write
+
+
+# -- reading only what decides ---------------------------------------------------------------------------
+LADDER_TYPES = ("Procedure", "MedicationStatement", "MedicationRequest")
+
+
+def searched(mock: responses.RequestsMock) -> list[str]:
+    """The resource types the read asked the server for, in request order."""
+    return [c.request.url.split("/fhir/", 1)[1].split("?")[0].split("/")[0] for c in mock.calls]
+
+
+def test_a_patient_off_the_ladder_costs_three_round_trips() -> None:
+    """jkowalski is 'probable': the Procedure and medication searches decide nothing for them."""
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        serve(mock)
+        review = run(f"{ALL_READ} {WRITES}")
+        asked = searched(mock)
+    assert sorted(asked) == ["Condition", "Observation", "Patient"]
+    assert review.fetch.round_trips == 3
+    assert review.fetch.not_needed == list(LADDER_TYPES)
+    assert review.assessment is not None and review.assessment["unavailable"] == []
+
+
+def serve_record(
+    mock: responses.RequestsMock, patient: dict[str, Any], resources: list[dict[str, Any]]
+) -> None:
+    mock.get(f"{BASE}/Patient/{patient['id']}", json=patient)
+    for resource_type in ("Observation", "Condition", *LADDER_TYPES):
+        found = [r for r in resources if r["resourceType"] == resource_type]
+        bundle = {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": r} for r in found]}
+        mock.get(f"{BASE}/{resource_type}", json=bundle)
+
+
+def test_a_patient_on_the_ladder_has_the_ladder_types_read_after_the_classification() -> None:
+    """A confirmed back mouse (case 024): the ladder's types are read in a second step, and the NSAID
+    they hold decides the step."""
+    case = json.loads(
+        (Path(__file__).parent / "cases" / "024-ladder-nsaid-statement-active.json").read_text()
+    )
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        serve_record(mock, case["patient"], case["resources"])
+        client = FhirClient(BASE, token="t", max_retries=0)
+        review = review_patient(
+            client, "p1", ScopeSet.parse(f"{ALL_READ} {WRITES}"), author=None, encounter=None, as_of=AS_OF
+        )
+        asked = searched(mock)
+    assert review.assessment is not None
+    assert review.assessment["classification"] == "confirmed"
+    assert review.assessment["next_step"] == case["expected"]["next_step"]
+    assert sorted(asked[:3]) == ["Condition", "Observation", "Patient"]
+    assert sorted(asked[3:]) == sorted(LADDER_TYPES)
+    assert review.fetch.not_needed == [] and review.fetch.round_trips == 6
+    assert review.fetch.counts["MedicationStatement"] == 1
+    assert "MedicationStatement/ms-ibu" in [s["reference"] for s in review.assessment["sources"]]
+
+
+def test_unread_ladder_types_without_scope_are_still_reported_unavailable() -> None:
+    """A type not granted is unreadable whether or not the ladder is reached, as before."""
+    scope = ALL_READ.replace("patient/Procedure.rs ", "")
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        serve(mock)
+        review = run(f"{scope} {WRITES}")
+    assert ("Procedure", "scope not granted") in review.fetch.skipped
+    assert review.fetch.not_needed == ["MedicationStatement", "MedicationRequest"]
+    assert review.assessment is not None
+    assert [u["resource_type"] for u in review.assessment["unavailable"]] == ["Procedure"]
+
+
+def test_heart_rates_are_counted_not_kept() -> None:
+    patient, resources = patient_resources()
+    heart_rates = [
+        {
+            "resourceType": "Observation",
+            "id": f"hr{i}",
+            "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+            "subject": {"reference": "Patient/jkowalski"},
+            "effectiveDateTime": "2026-11-01T08:00:00Z",
+            "valueQuantity": {"value": 70, "unit": "/min"},
+        }
+        for i in range(50)
+    ]
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        serve_record(mock, patient, [*resources, *heart_rates])
+        review = run(f"{ALL_READ} {WRITES}")
+    assert review.fetch.unmatched == 50
+    assert not any(r["id"].startswith("hr") for r in review.fetch.resources)
+    assert review.fetch.counts["Observation"] == 53
+    assert review.assessment is not None and review.assessment["counts"]["resources"] == 55
+    evidence = review.assessment["findings"]["NODULE"]["evidence"]
+    assert set(review.resources_for([*evidence, "Patient/jkowalski", "Observation/hr1"])) == {
+        *evidence,
+        "Patient/jkowalski",
+    }
+
+
+def test_a_patient_read_answered_with_another_patient_reads_the_record_again_whole() -> None:
+    """A redirect after a merge: the record's resources name a Patient that is not the one read, so
+    each is reported as another patient's, as a read of everything reports it."""
+    patient, resources = patient_resources()
+    heart_rate = {
+        "resourceType": "Observation",
+        "id": "hr",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+        "subject": {"reference": "Patient/jkowalski"},
+    }
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        mock.get(f"{BASE}/Patient/jkowalski", status=301, headers={"Location": f"{BASE}/Patient/survivor"})
+        mock.get(f"{BASE}/Patient/survivor", json={**patient, "id": "survivor"})
+        serve_record(mock, {**patient, "id": "unused"}, [*resources, heart_rate])
+        review = run(f"{ALL_READ} {WRITES}")
+    assert review.assessment is not None
+    ignored = {i["reference"]: i["reason"] for i in review.assessment["ignored"]}
+    assert ignored["Observation/hr"] == "subject is not the launched patient"
+    assert review.fetch.unmatched == 0

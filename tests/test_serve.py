@@ -75,3 +75,19 @@ def test_serve_refuses_the_development_secret(tmp_path: Path) -> None:
     output = process.communicate(timeout=60)[0].decode()
     assert process.returncode != 0
     assert "SMART_APP_SECRET_KEY" in output
+
+
+def test_each_worker_freezes_its_heap_once_the_app_is_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What lives as long as the worker (the app, criteria, terminology) is kept out of collections."""
+    import gc
+
+    from smart_app.serve import gunicorn_app, settle_heap
+
+    monkeypatch.setattr(sys, "argv", ["smart-app"])  # gunicorn reads the command line
+    assert gunicorn_app("127.0.0.1", 8000, 2).cfg.post_worker_init is settle_heap
+    before = gc.get_freeze_count()
+    try:
+        settle_heap()
+        assert gc.get_freeze_count() > before
+    finally:
+        gc.unfreeze()

@@ -12,13 +12,14 @@ Assessment, byte for byte in ``json.dumps(..., sort_keys=True)``.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from smart_app import fhirjson as fj
 from smart_app.clinical.assessment import Assessment
 from smart_app.clinical.criteria import Criteria, CriteriaError, CriteriaRegistry, default_registry
-from smart_app.clinical.facts import Extractor, Facts
+from smart_app.clinical.facts import READ_TYPES, Extractor, Facts
 from smart_app.clinical.record import NotStreamable, PatientRecord, load_bundle, stream_bundle
 from smart_app.clinical.rules import (
     ABSENT,
@@ -41,6 +42,48 @@ def criteria_for(version: str | None = None, registry: CriteriaRegistry | None =
     return (registry or default_registry()).get(version)
 
 
+@dataclass(frozen=True)
+class ReadPlan:
+    """The resource types to read, in two steps, from the criteria's ``data_dependencies``
+    (docs/clinical-criteria.md#data-that-could-not-be-read): ``first`` are the sources of the findings,
+    the red-flag screen and the pain score, so they decide the classification; ``ladder`` are the other
+    sources of the treatment ladder's inputs, needed only when the classification leads to the ladder
+    (:func:`leads_to_ladder`). A document without ``data_dependencies`` reads every type first."""
+
+    first: tuple[str, ...]
+    ladder: tuple[str, ...]
+
+
+def read_plan(criteria: Criteria) -> ReadPlan:
+    """The :class:`ReadPlan` of ``criteria``, each step in :data:`~smart_app.clinical.facts.READ_TYPES`
+    order."""
+    deps = criteria.data.get("data_dependencies")
+    if not isinstance(deps, Mapping):
+        return ReadPlan(first=READ_TYPES, ladder=())
+    first: set[str] = set()
+    for spec in deps.get("findings", {}).values():
+        first.update(spec.get("types", ()))
+    for stage in ("red_flags", "pain"):
+        first.update(deps.get(stage, {}).get("types", ()))
+    ladder: set[str] = set()
+    for spec in deps.get("ladder", {}).values():
+        ladder.update(spec.get("types", ()))
+    return ReadPlan(
+        first=tuple(t for t in READ_TYPES if t in first),
+        ladder=tuple(t for t in READ_TYPES if t in ladder and t not in first),
+    )
+
+
+def leads_to_ladder(criteria: Criteria, classification: str) -> bool:
+    """Whether the classification rule ``classification`` takes its next step from the treatment ladder
+    (``"next_step": {"use": "treatment_ladder"}``, docs/clinical-criteria.md#treatment-ladder)."""
+    for rule in criteria.data["classification"]:
+        if rule["id"] == classification:
+            step = rule["next_step"]
+            return isinstance(step, Mapping) and step.get("use") == "treatment_ladder"
+    return False
+
+
 def assess(
     record: PatientRecord,
     as_of: datetime,
@@ -57,7 +100,8 @@ def assess(
         extractor = Extractor(as_of, criteria)
         for res in record.resources:
             extractor.feed(res)
-        return evaluate(criteria, extractor.finish(record), record, as_of, extractor.count, operators)
+        count = extractor.count + record.unmatched
+        return evaluate(criteria, extractor.finish(record), record, as_of, count, operators)
 
 
 def assess_bundle(

@@ -195,25 +195,26 @@ def _slim(res: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in res.items() if k in _KEEP or k.startswith("value")}
 
 
-class Extractor:
-    """Feed resources one at a time (``feed``), then ``finish`` with the launched patient's record.
+#: :meth:`Sieve._scan` results: a coding in a criteria ValueSet, or coded without one.
+_MATCH, _CODED = 2, 1
+_HITS_LIMIT = 100_000
 
-    Only the resources a rule can use are kept (slimmed), so a streamed Bundle is never held whole.
+
+class Sieve:
+    """Which resources can matter to the criteria, decided before any fact is built.
+
+    A resource is *inert* when the :class:`Extractor` would do nothing with it but count it: a read type,
+    an id, a subject, coded, and no coding in a criteria ValueSet where the criteria look (the code, an
+    Observation's component codes, and its valueCodeableConcept against the finding ValueSets). Such a
+    resource is neither evidence nor listed in ``ignored`` (docs/clinical-criteria.md#ignored-and-missing),
+    so it can be set aside unread. Anything else, well-formed or not, is not inert. Pure and thread-safe.
     """
 
-    def __init__(self, as_of: datetime, criteria: Criteria) -> None:
-        self.count = 0
-        self.subjects: dict[str, str] = {}
-        self.as_of = as_of
+    def __init__(self, criteria: Criteria) -> None:
         self.criteria = criteria
         self.term = criteria.terminology
         self.relevant = criteria.read_valuesets()
         reading = criteria.data["reading"]
-        self.present_vs: str = reading["present_valueset"]
-        self.absent_vs: str = reading["absent_valueset"]
-        self.use_status = frozenset(reading["observation_status_use"])
-        self.listed_status = frozenset(reading["observation_status_listed"])
-        self.drop_verification = frozenset(reading["condition_verification_drop"])
         # ValueSets whose codes may also arrive as an Observation's value (value = finding pattern)
         value_sets: set[str] = set()
         for f in criteria.findings:
@@ -221,12 +222,12 @@ class Extractor:
             value_sets.update(sign["valueset"] for sign in f.get("signs", []))
         value_sets.update(r["valueset"] for r in criteria.data["red_flags"] if "valueset" in r)
         value_sets.update(d["valueset"] for d in criteria.data["differentials"])
-        value_sets.difference_update({self.present_vs, self.absent_vs})
+        value_sets.difference_update({reading["present_valueset"], reading["absent_valueset"]})
         self.value_sets = frozenset(value_sets)
-        self.facts = Facts(by_valueset={}, ignored={}, resources={})
-        self._seen: dict[str, tuple[str, int, str]] = {}
+        # (system, code) -> whether it is in ``relevant`` / ``value_sets``: the per-resource test is a lookup
+        self._relevant_hits: dict[tuple[str, str], bool] = {}
+        self._value_hits: dict[tuple[str, str], bool] = {}
 
-    # -- helpers -------------------------------------------------------------------------------------
     def matched(self, concept: object, only: frozenset[str] | None = None) -> tuple[frozenset[str], str, str]:
         """Criteria ValueSets of a CodeableConcept's codings, the first matching ``system|code``, a label."""
         urls: set[str] = set()
@@ -241,6 +242,96 @@ class Extractor:
                     key = f"{system}|{code}"
                     label = _label(system, code, self.criteria, concept)
         return frozenset(urls), key, label
+
+    def matches(self, res: Mapping[str, Any], rtype: str) -> bool:
+        """Whether a coding of ``res`` is in a criteria ValueSet where the Extractor looks for it."""
+        return self._scan(res, rtype) == _MATCH
+
+    def inert(self, res: object, subject: str | None = None) -> bool:
+        """Whether ``res`` would only be counted (see the class): safe to set aside before extraction.
+        With ``subject``, only a resource whose ``subject.reference`` is exactly that is inert."""
+        if not isinstance(res, dict):
+            return False
+        rtype = res.get("resourceType")
+        if rtype not in READ_TYPES or fj.reference(res) is None:
+            return False
+        reference = fj.subject_ref(res)
+        if reference is None or (subject is not None and reference != subject):
+            return False
+        return self._scan(res, rtype) == _CODED
+
+    def _scan(self, res: Mapping[str, Any], rtype: str) -> int:
+        """:data:`_MATCH` when a coding is in a criteria ValueSet where the Extractor looks, else
+        :data:`_CODED` when the resource is coded as :meth:`Extractor.coded` requires, else 0."""
+        if rtype == "Observation":
+            state = self._codes(res.get("code"), self._relevant_hits, self.relevant)
+            if state == _MATCH:
+                return _MATCH
+            for comp in fj.as_list(res.get("component")):
+                if isinstance(comp, dict):
+                    found = self._codes(comp.get("code"), self._relevant_hits, self.relevant)
+                    if found == _MATCH:
+                        return _MATCH
+                    state = max(state, found)
+            if "valueCodeableConcept" in res:
+                value = res["valueCodeableConcept"]
+                if self._codes(value, self._value_hits, self.value_sets) == _MATCH:
+                    return _MATCH
+            return state
+        concept = fj.medication_concept(res) if rtype.startswith("Medication") else res.get("code")
+        return self._codes(concept, self._relevant_hits, self.relevant)
+
+    def _codes(self, concept: object, hits: dict[tuple[str, str], bool], pool: frozenset[str]) -> int:
+        """Of one CodeableConcept's well-formed codings (those :func:`smart_app.fhirjson.codings` gives):
+        :data:`_MATCH` if one is in ``pool``, :data:`_CODED` if there are any, else 0."""
+        if not isinstance(concept, dict):
+            return 0
+        state = 0
+        for coding in fj.as_list(concept.get("coding")):
+            if not isinstance(coding, dict):
+                continue
+            system, code = coding.get("system"), coding.get("code")
+            if isinstance(system, str) and isinstance(code, str) and code:
+                key = (system, code)
+                hit = hits.get(key)
+                if hit is None:
+                    if len(hits) >= _HITS_LIMIT:
+                        hits.clear()
+                    hit = hits[key] = bool(self.term.match(system, code) & pool)
+                if hit:
+                    return _MATCH
+                state = _CODED
+        return state
+
+
+class Extractor:
+    """Feed resources one at a time (``feed``), then ``finish`` with the launched patient's record.
+
+    Only the resources a rule can use are kept (slimmed), so a streamed Bundle is never held whole.
+    """
+
+    def __init__(self, as_of: datetime, criteria: Criteria, sieve: Sieve | None = None) -> None:
+        self.count = 0
+        self.subjects: dict[str, str] = {}
+        self.as_of = as_of
+        self.criteria = criteria
+        self.term = criteria.terminology
+        self.sieve = sieve or Sieve(criteria)
+        self.relevant = self.sieve.relevant
+        self.value_sets = self.sieve.value_sets
+        reading = criteria.data["reading"]
+        self.present_vs: str = reading["present_valueset"]
+        self.absent_vs: str = reading["absent_valueset"]
+        self.use_status = frozenset(reading["observation_status_use"])
+        self.listed_status = frozenset(reading["observation_status_listed"])
+        self.drop_verification = frozenset(reading["condition_verification_drop"])
+        self.facts = Facts(by_valueset={}, ignored={}, resources={})
+        self._seen: dict[str, tuple[str, int, str]] = {}
+
+    # -- helpers -------------------------------------------------------------------------------------
+    def matched(self, concept: object, only: frozenset[str] | None = None) -> tuple[frozenset[str], str, str]:
+        """Criteria ValueSets of a CodeableConcept's codings, the first matching ``system|code``, a label."""
+        return self.sieve.matched(concept, only)
 
     def add(self, fact: Fact) -> None:
         for url in fact.valuesets:
@@ -324,13 +415,13 @@ class Extractor:
                 return
             self._drop(ref)
         self._seen[ref] = key
-        if not self._coded(res, rtype):
+        if not self.coded(res, rtype):
             self.facts.ignore(ref, "malformed: no coded code (nothing the criteria can read)")
             return
         getattr(self, f"_{rtype}")(res, ref)
 
     @staticmethod
-    def _coded(res: Mapping[str, Any], rtype: str) -> bool:
+    def coded(res: Mapping[str, Any], rtype: str) -> bool:
         """The element the criteria read is coded (Observation.code is required in R4; components count)."""
         if rtype.startswith("Medication"):
             return any(True for _ in fj.codings(fj.medication_concept(res)))

@@ -7,14 +7,23 @@ collector paused: the collector, not the parser, makes decode time grow faster t
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from smart_app import fhirjson as fj
+from smart_app.fhirjson import NotStreamable, iter_bundle_entries
+
+__all__ = [
+    "NotStreamable",
+    "PatientRecord",
+    "UnusableInput",
+    "iter_bundle_entries",
+    "load_bundle",
+    "record_from_entries",
+    "record_from_patients",
+    "stream_bundle",
+]
 
 
 class UnusableInput(ValueError):
@@ -35,6 +44,8 @@ class PatientRecord:
     ``unavailable`` names resource types that could not be read, with the reason in words ("scope not
     granted", "read failed: 503"): their silence is not evidence of absence (docs/clinical-criteria.md
     #data-that-could-not-be-read; criteria ``data_dependencies``). ``load_bundle`` leaves it empty.
+    ``unmatched`` counts resources that were read but set aside before extraction because they can only
+    be counted (:class:`smart_app.clinical.facts.Sieve`): they are in the assessment's resource count.
     """
 
     patient: dict[str, Any]
@@ -42,6 +53,7 @@ class PatientRecord:
     patient_aliases: tuple[str, ...] = field(default=())
     unavailable: Mapping[str, str] = field(default_factory=dict)
     fhir_base: str | None = None
+    unmatched: int = 0
 
     @property
     def patient_reference(self) -> str:
@@ -119,81 +131,6 @@ def record_from_patients(
     patient, full_url = next(iter(distinct.values()))
     aliases = tuple(u for u in (full_url,) if u)
     return PatientRecord(patient=patient, resources=resources, patient_aliases=aliases)
-
-
-class NotStreamable(Exception):
-    """The fast entry splitter cannot vouch for this document; decode it whole instead."""
-
-
-_ENTRY_ARRAY = re.compile(rb'"entry"\s*:\s*\[\s*')
-# Candidate end of a Bundle entry: "}" "," then an object whose first key is a BundleEntry key.
-_ENTRY_GAP = re.compile(
-    rb'\}\s*,\s*(?=\{\s*"(?:fullUrl|resource|search|request|response|link|id|extension|modifierExtension)"\s*:)'
-)
-_ARRAY_END = re.compile(rb"\}\s*\]")
-_MAX_MISSES = 32  # false candidates tolerated inside one entry before giving up streaming
-
-
-def iter_bundle_entries(data: bytes) -> Iterator[dict[str, Any]]:
-    """Decode a Bundle's entries one at a time, so the whole Bundle is never held as Python objects.
-
-    Entry boundaries are found by a byte pattern and each candidate is verified by decoding it: the
-    shortest prefix of an entry that decodes is exactly that entry, so a false candidate (inside a
-    resource) only costs a failed decode. The rest of the Bundle (everything but the entry array) is
-    decoded at the end to check it is a well-formed Bundle. Raises ``NotStreamable`` when any of this
-    fails; the caller then decodes the document whole (and reports it as ``UnusableInput`` if broken).
-    """
-    view = memoryview(data)
-    head = _ENTRY_ARRAY.search(data)
-    if head is None:
-        raise NotStreamable
-    cur = head.end()
-    array_open = head.end() - 1
-    while data[array_open : array_open + 1] != b"[":
-        array_open -= 1
-    if data[cur : cur + 1] == b"]":
-        array_close = cur
-    else:
-        if data[cur : cur + 1] != b"{":
-            raise NotStreamable
-        misses = 0
-        for gap in _ENTRY_GAP.finditer(data, cur):
-            end = gap.start() + 1
-            try:
-                entry = orjson.loads(view[cur:end])
-            except orjson.JSONDecodeError:
-                misses += 1  # the gap was inside the entry
-                if misses > _MAX_MISSES:
-                    raise NotStreamable from None  # keep the work linear: decode whole instead
-                continue
-            if not isinstance(entry, dict):
-                raise NotStreamable
-            yield entry
-            cur = gap.end()
-            misses = 0
-        for tail in _ARRAY_END.finditer(data, cur):
-            try:
-                entry = orjson.loads(view[cur : tail.start() + 1])
-            except orjson.JSONDecodeError:
-                misses += 1
-                if misses > _MAX_MISSES:
-                    raise NotStreamable from None
-                continue
-            if not isinstance(entry, dict):
-                raise NotStreamable
-            yield entry
-            array_close = tail.end() - 1
-            break
-        else:
-            raise NotStreamable
-    try:
-        envelope = orjson.loads(data[: array_open + 1] + data[array_close:])
-    except orjson.JSONDecodeError:
-        raise NotStreamable from None
-    if not isinstance(envelope, dict) or envelope.get("resourceType") != "Bundle":
-        raise NotStreamable
-    if envelope.get("entry") != []:
-        raise NotStreamable
 
 
 def stream_bundle(data: bytes, consume: Callable[[dict[str, Any]], None]) -> PatientRecord:

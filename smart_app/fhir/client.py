@@ -13,6 +13,10 @@ Budgets (:mod:`smart_app.fhir.budget`): every answer is streamed and its body, d
 client itself, is cut at ``max_response_bytes``; every request is cut off after ``max_request_seconds``
 however slowly the server sends; within :meth:`FhirClient.budget` all requests, retries and
 ``Retry-After`` waits share one deadline. What is cut short raises ``FhirCutShort``.
+
+Search pages are decoded one entry at a time (:func:`smart_app.fhirjson.iter_bundle_entries`, the
+collector paused), so a page is never held as Python objects: :meth:`FhirClient.search_each` hands each
+resource to the caller's ``take`` as it is decoded and keeps only what ``take`` returns.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
 import orjson
@@ -69,6 +73,7 @@ _MAX_ERROR_BODY_BYTES = 1024 * 1024
 
 Token = Callable[[], str] | str | None
 SearchParams = Mapping[str, str | int | Sequence[str]]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -161,6 +166,7 @@ class FhirClient:
         self.session.mount(
             urlunsplit((self._origin.scheme, self._origin.netloc, "", "", "")), WatchedAdapter()
         )
+        _settle_environment(self.session, self.base_url)
         self.timeout: tuple[float, float] | float = (
             (float(timeout[0]), float(timeout[1])) if isinstance(timeout, Sequence) else float(timeout)
         )
@@ -245,6 +251,21 @@ class FhirClient:
         Entries without a resource, and ``search.mode = outcome`` entries (server warnings), are
         skipped; a line saying so is appended to ``notes`` when given.
         """
+        return self.search_each(resource_type, params, _itself, notes=notes)
+
+    def search_each(
+        self,
+        resource_type: str,
+        params: SearchParams | None,
+        take: Callable[[dict[str, Any]], T],
+        *,
+        notes: list[str] | None = None,
+    ) -> Iterator[T]:
+        """:meth:`search`, with ``take`` called on each matched resource as its entry is decoded: what
+        ``take`` returns is kept, the resource itself is not. A page's results are yielded once the whole
+        page is read and checked (a page found malformed yields nothing and raises), so ``take`` may run
+        twice on an entry (see :meth:`_page_items`) and must have no effect of its own.
+        """
         _check_type(resource_type)
         url: str | None = f"{self.base_url}/{resource_type}"
         query: SearchParams | None = params
@@ -256,11 +277,12 @@ class FhirClient:
                 return
             pages += 1
             response = self._request("GET", url, params=query)
-            bundle = self._json_body(response)
-            entries, next_url = self._parse_search_bundle(bundle, resource_type, response.status)
-            del bundle
-            yield from _entry_resources(entries, resource_type, notes)
-            del entries
+            items, next_url, page_notes = self._page_items(response, resource_type, take)
+            del response
+            for text in page_notes:
+                _note(notes, text)
+            yield from items
+            del items
             query = None  # a next link carries the whole query
             if next_url is None:
                 return
@@ -274,6 +296,35 @@ class FhirClient:
                     f"{resource_type} search: the next-page link points outside the FHIR base; not followed"
                 )
             url = absolute
+
+    def _page_items(
+        self, response: _Answer, resource_type: str, take: Callable[[dict[str, Any]], T]
+    ) -> tuple[list[T], str | None, list[str]]:
+        """``take`` of each resource of one searchset page, its ``next`` link and its notes.
+
+        The page is decoded entry by entry with the collector paused; when the splitter cannot vouch
+        for it (:class:`~smart_app.fhirjson.NotStreamable`), what it gave is dropped and the page is
+        decoded whole through the guarded decode, which reports a body that is not usable JSON.
+        """
+        with fj.gc_paused():
+            sorter = _EntrySorter(resource_type, take)
+            entries = fj.iter_bundle_entries(response.body)
+            try:
+                while True:
+                    try:
+                        sorter.add(next(entries))
+                    except StopIteration as done:
+                        envelope: Any = done.value
+                        break
+            except fj.NotStreamable:
+                sorter = _EntrySorter(resource_type, take)
+                envelope = self._json_body(response)
+                listed, next_url = self._parse_search_bundle(envelope, resource_type, response.status)
+                for entry in listed:
+                    sorter.add(entry)
+                return sorter.items, next_url, sorter.notes()
+            _, next_url = self._parse_search_bundle(envelope, resource_type, response.status)
+            return sorter.items, next_url, sorter.notes()
 
     def search_all(
         self,
@@ -300,11 +351,10 @@ class FhirClient:
             entries, next_url = self._parse_search_bundle(
                 self._json_body(response), resource_type, response.status
             )
-            versions += [
-                r
-                for r in _entry_resources(entries, resource_type, None)
-                if r["resourceType"] == resource_type
-            ]
+            sorter = _EntrySorter(resource_type, _itself)
+            for entry in entries:
+                sorter.add(entry)
+            versions += [r for r in sorter.items if r["resourceType"] == resource_type]
             absolute = urljoin(self.base_url + "/", next_url) if next_url else None
             if absolute is None or absolute in seen:
                 break
@@ -742,6 +792,18 @@ def _parse_base(base_url: str) -> _Base:
     return _Base(scheme=scheme, host=parts.hostname.lower(), port=port, path=parts.path.rstrip("/"))
 
 
+def _settle_environment(session: requests.Session, base_url: str) -> None:
+    """Read once what ``requests`` reads from the environment on every request: the proxy for the base
+    (``HTTPS_PROXY``, ``NO_PROXY``...) and a CA bundle (``REQUESTS_CA_BUNDLE``). The client only sends to
+    its base, so one reading holds for all its requests, and ~0.5 ms of work per request is saved. A
+    ``.netrc`` entry is no longer looked up: its Basic credentials would replace the bearer token."""
+    settings = session.merge_environment_settings(base_url, {}, None, None, None)
+    session.proxies = settings["proxies"]
+    session.verify = settings["verify"]
+    session.cert = settings["cert"]
+    session.trust_env = False
+
+
 def _check_type(resource_type: str) -> None:
     if not isinstance(resource_type, str) or not _TYPE_RE.fullmatch(resource_type):
         raise ValueError("not a FHIR resource type name")
@@ -779,26 +841,40 @@ def _label(base: _Base, url: str, params: SearchParams | None = None) -> str:
     return name + ("?" + "&".join(safe_keys) if safe_keys else "")
 
 
-def _entry_resources(
-    entries: list[Any], resource_type: str, notes: list[str] | None
-) -> Iterator[dict[str, Any]]:
-    missing = 0
-    outcomes = 0
-    for entry in entries:
+def _itself(resource: dict[str, Any]) -> dict[str, Any]:
+    return resource
+
+
+class _EntrySorter(Generic[T]):
+    """The resources of one page's entries, through ``take``; entries without a resource, and server
+    messages (``search.mode`` outcome, or an OperationOutcome without a mode), are counted apart."""
+
+    def __init__(self, resource_type: str, take: Callable[[dict[str, Any]], T]) -> None:
+        self.resource_type = resource_type
+        self.take = take
+        self.items: list[T] = []
+        self.missing = 0
+        self.outcomes = 0
+
+    def add(self, entry: Any) -> None:
         resource = entry.get("resource") if isinstance(entry, dict) else None
         if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
-            missing += 1
-            continue
+            self.missing += 1
+            return
         search = entry.get("search")
         mode = search.get("mode") if isinstance(search, dict) else None
         if mode == "outcome" or (mode is None and resource["resourceType"] == "OperationOutcome"):
-            outcomes += 1
-            continue
-        yield resource
-    if missing:
-        _note(notes, f"{resource_type} search: {_entries(missing)} without a resource skipped")
-    if outcomes:
-        _note(notes, f"{resource_type} search: {_entries(outcomes)} of server messages skipped")
+            self.outcomes += 1
+            return
+        self.items.append(self.take(resource))
+
+    def notes(self) -> list[str]:
+        notes = []
+        if self.missing:
+            notes.append(f"{self.resource_type} search: {_entries(self.missing)} without a resource skipped")
+        if self.outcomes:
+            notes.append(f"{self.resource_type} search: {_entries(self.outcomes)} of server messages skipped")
+        return notes
 
 
 def _entries(count: int) -> str:

@@ -1,20 +1,30 @@
 """Read what the criteria need about one patient (docs/architecture.md#data-flow).
 
-The Patient read and one search per resource type (FHIR R4 search.html, ``patient`` search parameter
-of Observation, Condition, Procedure, MedicationStatement and MedicationRequest) run in parallel, each
-asking for large pages (``_count``). Types the granted scopes do not cover are not requested (SMART App
-Launch 2.x "Scopes for requesting clinical data"); a failed search is reported and the rest is kept.
-All of it runs within one :class:`~smart_app.fhir.budget.ReadBudget`: a type whose answers did not
-arrive in time or grew past the size cap is reported as not read (``ReadFailure.cut_short``), none of
-its pages kept, so the criteria treat what it would decide as unknown.
-Observation ``category`` is deliberately not used as a filter: examination findings are often
-recorded without a category.
+The Patient read and one search per resource type asked for (FHIR R4 search.html, ``patient`` search
+parameter of Observation, Condition, Procedure, MedicationStatement and MedicationRequest) run in
+parallel, each asking for large pages (``_count``). Types the granted scopes do not cover are not
+requested (SMART App Launch 2.x "Scopes for requesting clinical data"); a failed search is reported and
+the rest is kept. All of it runs within one :class:`~smart_app.fhir.budget.ReadBudget`: a type whose
+answers did not arrive in time or grew past the size cap is reported as not read
+(``ReadFailure.cut_short``), none of its pages kept, so the criteria treat what it would decide as
+unknown. Which types to ask for, and in how many steps, is the caller's (``smart_app.pipeline``).
+
+Pages are decoded one entry at a time; a ``keep`` predicate may set a resource aside as it is decoded
+(it is counted, never held), so a record of 10,000 heart rates costs one page of memory, not ten.
+
+No server-side narrowing is used: ``code`` would need every code of every criteria ValueSet, prefix
+rules (ICD-10-CM ``is-a``) included, and could not return what the criteria report as malformed or
+uncoded; ``_elements`` and ``_summary`` are optional for servers and may drop what a rule reads (a
+component, ``focus``, ``dataAbsentReason``); Observation ``category`` is often absent from examination
+findings. Each would lose evidence the criteria read.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+import os
+import threading
+from collections.abc import Callable, Collection, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +62,9 @@ class FetchResult:
     """What was read. ``resources`` excludes the Patient, is ordered by ``SEARCH_TYPES`` then server
     order, and holds each ``type/id`` once. ``counts`` is per resourceType of what was returned.
     ``notes`` lists oddities that did not fail a search (entries without a resource, server warnings).
+    ``unmatched`` counts resources returned but set aside by the fetch's ``keep`` (in ``counts``, not in
+    ``resources``). ``not_needed`` names granted types left unread because the criteria did not need
+    them for this patient (``smart_app.pipeline``).
     """
 
     patient: dict[str, Any] | None
@@ -61,6 +74,29 @@ class FetchResult:
     skipped: list[tuple[str, str]]
     round_trips: int
     notes: list[str] = field(default_factory=list)
+    unmatched: int = 0
+    not_needed: list[str] = field(default_factory=list)
+
+    def then(self, more: FetchResult, covered: Collection[str]) -> FetchResult:
+        """This read followed by ``more``, which was asked to read the types ``covered`` ("Patient"
+        included when it read the Patient): resources, counts, failures and notes of both, the Patient
+        of whichever has it, and what this read says about a covered type (skipped, not needed) given
+        way to what ``more`` says."""
+        counts = dict(self.counts)
+        for resource_type, count in more.counts.items():
+            counts[resource_type] = counts.get(resource_type, 0) + count
+        return FetchResult(
+            patient=self.patient or more.patient,
+            resources=[*self.resources, *more.resources],
+            counts=counts,
+            failures=[*self.failures, *more.failures],
+            skipped=[s for s in self.skipped if s[0] not in covered]
+            + [s for s in more.skipped if s[0] in covered],
+            round_trips=self.round_trips + more.round_trips,
+            notes=[*self.notes, *more.notes],
+            unmatched=self.unmatched + more.unmatched,
+            not_needed=[t for t in self.not_needed if t not in covered],
+        )
 
 
 def fetch_patient_record(
@@ -68,12 +104,19 @@ def fetch_patient_record(
     patient_id: str,
     readable: Callable[[str], bool],
     *,
+    types: Sequence[str] = SEARCH_TYPES,
+    read_patient: bool = True,
+    keep: Callable[[dict[str, Any]], bool] | None = None,
     page_size: int = DEFAULT_PAGE_SIZE,
-    max_workers: int = 4,
     budget: ReadBudget | None = None,
 ) -> FetchResult:
-    """Read the Patient and search its clinical resources in parallel, all within ``budget`` when
-    given (one deadline for every request, a size cap per answer).
+    """Read the Patient (unless ``read_patient`` is false) and search ``types`` for its resources in
+    parallel (threads of the process's read pool), all within ``budget`` when given (one deadline for
+    every request, a size cap per answer).
+
+    ``keep``, when given, is asked about each resource of a searched type as its page is decoded: one it
+    refuses is counted (``counts``, ``unmatched``) but not kept, and is never held with the rest. It must
+    be pure: it runs in the search threads, and on an entry again when its page has to be decoded whole.
 
     Raises ``FhirUnauthorized`` when every request attempted was answered 401 (the token is no good:
     refresh or relaunch); any other failure lands in ``failures``. Resources whose subject is another
@@ -81,11 +124,11 @@ def fetch_patient_record(
     """
     start_trips = client.round_trips
     skipped: list[tuple[str, str]] = []
-    read_patient = readable("Patient")
-    if not read_patient:
+    if read_patient and not readable("Patient"):
         skipped.append(("Patient", SCOPE_NOT_GRANTED))
+        read_patient = False
     search_types: list[str] = []
-    for resource_type in SEARCH_TYPES:
+    for resource_type in types:
         if readable(resource_type):
             search_types.append(resource_type)
         else:
@@ -93,19 +136,19 @@ def fetch_patient_record(
 
     params = {"patient": patient_id, "_count": str(page_size)}
     notes_by_type: dict[str, list[str]] = {resource_type: [] for resource_type in search_types}
-    with (
-        client.budget(budget) if budget is not None else nullcontext(),
-        ThreadPoolExecutor(max_workers=max(1, max_workers), thread_name_prefix="fhir-fetch") as pool,
-    ):
+    with client.budget(budget) if budget is not None else nullcontext():
+        pool = _pool()
         patient_future: Future[dict[str, Any]] | None = (
             pool.submit(client.read, "Patient", patient_id) if read_patient else None
         )
-        search_futures: dict[str, Future[list[dict[str, Any]]]] = {
+        search_futures: dict[str, Future[list[dict[str, Any] | str]]] = {
             resource_type: pool.submit(
-                client.search_all, resource_type, params, notes=notes_by_type[resource_type]
+                _search, client, resource_type, params, keep, notes_by_type[resource_type]
             )
             for resource_type in search_types
         }
+        running: list[Future[Any]] = [*search_futures.values()]
+        wait([*running, patient_future] if patient_future is not None else running)
 
     failures: list[ReadFailure] = []
     unauthorized: list[FhirUnauthorized] = []
@@ -121,9 +164,10 @@ def fetch_patient_record(
 
     resources: list[dict[str, Any]] = []
     counts: dict[str, int] = {}
-    seen: set[tuple[str, str]] = set()
+    seen: dict[str, set[str]] = {}
     notes: list[str] = []
     duplicates = 0
+    unmatched = 0
     for resource_type, future in search_futures.items():
         attempted += 1
         notes.extend(notes_by_type[resource_type])
@@ -132,17 +176,22 @@ def fetch_patient_record(
         except FhirError as exc:
             _record_failure(resource_type, exc, failures, unauthorized)
             continue
-        for resource in found:
-            kind = str(resource.get("resourceType"))
-            resource_id = resource.get("id")
+        for item in found:
+            # a str is the id of a resource of the searched type that ``keep`` set aside
+            kind = resource_type if isinstance(item, str) else str(item.get("resourceType"))
+            resource_id = item if isinstance(item, str) else item.get("id")
             if isinstance(resource_id, str):
-                key = (kind, resource_id)
-                if key in seen:
+                ids = seen.setdefault(kind, set())
+                if resource_id in ids:
                     duplicates += 1
                     continue
-                seen.add(key)
-            resources.append(resource)
+                ids.add(resource_id)
+            if isinstance(item, str):
+                unmatched += 1
+            else:
+                resources.append(item)
             counts[kind] = counts.get(kind, 0) + 1
+        del found
     if duplicates:
         notes.append(f"{duplicates} resource(s) returned twice across pages or searches were kept once")
 
@@ -157,7 +206,44 @@ def fetch_patient_record(
         skipped=skipped,
         round_trips=client.round_trips - start_trips,
         notes=notes,
+        unmatched=unmatched,
     )
+
+
+#: Threads of the reads of every launch of the process; made on demand, kept for the next launch.
+MAX_READ_THREADS = 32
+_shared: tuple[int, ThreadPoolExecutor] | None = None
+_shared_lock = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    """The process's pool of read threads (a new one in a process forked from one that had it)."""
+    global _shared
+    with _shared_lock:
+        if _shared is None or _shared[0] != os.getpid():
+            _shared = (os.getpid(), ThreadPoolExecutor(MAX_READ_THREADS, thread_name_prefix="fhir-fetch"))
+        return _shared[1]
+
+
+def _search(
+    client: FhirClient,
+    resource_type: str,
+    params: dict[str, str],
+    keep: Callable[[dict[str, Any]], bool] | None,
+    notes: list[str],
+) -> list[dict[str, Any] | str]:
+    """Every page of one search: each resource, or the id of one ``keep`` set aside (only a resource of
+    the searched type with an id is offered to ``keep``, so the id names it)."""
+
+    def take(resource: dict[str, Any]) -> dict[str, Any] | str:
+        if keep is None or resource.get("resourceType") != resource_type:
+            return resource
+        resource_id = resource.get("id")
+        if not isinstance(resource_id, str) or keep(resource):
+            return resource
+        return resource_id
+
+    return list(client.search_each(resource_type, params, take, notes=notes))
 
 
 def _record_failure(

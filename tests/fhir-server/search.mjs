@@ -7,7 +7,13 @@
 // parameter or modifier outside that set is answered with 400 and an OperationOutcome naming it.
 // One difference stays and is documented in README.md: a string parameter matches anywhere in the
 // value (Medplum's matcher), where R4 asks for "starts with".
-import { OperationOutcomeError, badRequest, globalSchema, parseSearchRequest } from '@medplum/core';
+import {
+  OperationOutcomeError,
+  badRequest,
+  getExpressionForResourceType,
+  globalSchema,
+  parseSearchRequest,
+} from '@medplum/core';
 
 /** Modifiers (search.html#modifiers) the matcher evaluates, by parameter type; '' is none. */
 const MODIFIERS = {
@@ -20,6 +26,30 @@ const MODIFIERS = {
 
 /** Result parameters (search.html#return) handled by Medplum's router and repository. */
 const RESULT_PARAMETERS = new Set(['_count', '_offset', '_sort', '_include', '_revinclude', '_total']);
+
+/**
+ * Gives each resource type its own copy of every search parameter shared by several types, whose
+ * FHIRPath expression keeps only the union members for that type (Medplum's
+ * getExpressionForResourceType, the reduction its PostgreSQL server indexes with). The R4 definitions
+ * write a shared parameter as one union over all its base types: `patient` is 32 members such as
+ * `AllergyIntolerance.patient | CarePlan.subject.where(resolve() is Patient) | ...`, and the in-memory
+ * matcher evaluates the whole union for every stored resource, ~1 ms each. A member rooted at another
+ * type yields nothing for this one, so the matches are the same. Run once, after the definitions are
+ * indexed.
+ */
+export function useTypeExpressions() {
+  for (const [resourceType, schema] of Object.entries(globalSchema.types)) {
+    for (const [code, param] of Object.entries(schema.searchParams ?? {})) {
+      if ((param.base?.length ?? 0) < 2 || typeof param.expression !== 'string') {
+        continue;
+      }
+      const expression = getExpressionForResourceType(resourceType, param.expression);
+      if (expression && expression !== param.expression) {
+        schema.searchParams[code] = { ...param, expression };
+      }
+    }
+  }
+}
 
 function refuse(message) {
   return new OperationOutcomeError(badRequest(message));

