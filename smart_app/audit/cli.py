@@ -1,5 +1,6 @@
 """``smart-app audit list|verify`` (docs/auditors.md#commands). ``add_commands`` is wired into
-``smart_app.cli``.
+``smart_app.cli``; the report types are imported when an audit command runs, so that the other
+commands start without them.
 
 Exit status: 0 clean / reproduced, 1 findings / not reproduced, 2 unusable input (bad arguments, an
 unreadable export, an unreachable or refusing server, an unknown criteria version).
@@ -16,9 +17,8 @@ from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from smart_app.audit.model import AuditInputError, AuditReport, VerifyReport
-
 if TYPE_CHECKING:
+    from smart_app.audit.model import AuditReport, VerifyReport
     from smart_app.audit.source import Source
 
 EXIT_OK, EXIT_FINDINGS, EXIT_UNUSABLE = 0, 1, 2
@@ -26,6 +26,8 @@ TOKEN_ENV = "SMART_APP_FHIR_TOKEN"
 
 
 def parse_since(value: str | None) -> date | None:
+    from smart_app.audit.model import AuditInputError
+
     if value is None:
         return None
     try:
@@ -36,6 +38,7 @@ def parse_since(value: str | None) -> date | None:
 
 def open_source(fhir_base: str | None, bundle: str | None) -> Source:
     """A live server (bearer token from ``$SMART_APP_FHIR_TOKEN`` when set) or an export file."""
+    from smart_app.audit.model import AuditInputError
     from smart_app.audit.source import BundleSource, FhirSource
 
     if bundle:
@@ -64,6 +67,7 @@ def run_list(
 ) -> tuple[dict[str, Any], int]:
     """``audit list`` as (JSON object, exit status)."""
     from smart_app.audit.listing import list_writes
+    from smart_app.audit.model import AuditInputError
     from smart_app.fhir.errors import FhirError
 
     try:
@@ -80,6 +84,7 @@ def run_verify(
     source: Source, assessment: str, *, criteria_dirs: Sequence[Path] = ()
 ) -> tuple[dict[str, Any], int]:
     """``audit verify`` as (JSON object, exit status)."""
+    from smart_app.audit.model import AuditInputError
     from smart_app.audit.verify import verify_assessment
     from smart_app.fhir.errors import FhirError
 
@@ -114,7 +119,7 @@ def _table(rows: list[list[str]], header: list[str]) -> list[str]:
 
 def render_list(report: AuditReport | dict[str, Any]) -> str:
     """A table of the writes, then the findings, for a terminal."""
-    data = report.to_json() if isinstance(report, AuditReport) else report
+    data = report if isinstance(report, dict) else report.to_json()
     writes = data.get("writes") or []
     lines = [f"{len(writes)} write(s) by the app"]
     if writes:
@@ -143,7 +148,7 @@ def render_list(report: AuditReport | dict[str, Any]) -> str:
 
 
 def render_verify(report: VerifyReport | dict[str, Any]) -> str:
-    data = report.to_json() if isinstance(report, VerifyReport) else report
+    data = report if isinstance(report, dict) else report.to_json()
     if data.get("kind") == "exam":
         verdict = "AS ENTERED" if data.get("reproduced") else "CHANGED SINCE ENTERED"
     else:
@@ -182,6 +187,8 @@ def _print(data: dict[str, Any], as_json: bool, text: str) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from smart_app.audit.model import AuditInputError
+
     try:
         source = open_source(args.fhir_base, args.bundle)
         since = parse_since(args.since)
@@ -194,6 +201,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from smart_app.audit.model import AuditInputError
     from smart_app.audit.verify import verify_bundle
 
     dirs = [Path(d) for d in args.criteria_dir or []]
