@@ -25,6 +25,7 @@ from smart_app.smart.errors import RegistrationError
 from smart_app.smart.registrations import (
     ASSESSMENT_RESOURCES,
     CDS_CLIENT_KIND,
+    RegistrationFields,
     normalise_iss,
     read_registration_json,
 )
@@ -116,30 +117,12 @@ def load_cds_clients(dirs: Sequence[Path | str]) -> CdsClientRegistry:
 
 def parse_cds_client(data: Mapping[str, Any], *, source: Path | None = None) -> CdsClient:
     """Validate one CDS client registration; errors name the file and the field."""
-    where = str(source) if source else "CDS client registration"
-
-    def fail(message: str) -> RegistrationError:
-        return RegistrationError(f"{where}: {message}")
-
+    fields = RegistrationFields(data, source, unnamed="CDS client registration")
+    fail, text = fields.fail, fields.text
     if data.get("kind") != CDS_CLIENT_KIND:
         raise fail(f"'kind' must be {CDS_CLIENT_KIND!r}")
-    unknown = sorted(k for k in data if k not in _FIELDS and not k.startswith("_"))
-    if unknown:
-        raise fail(f"unknown field(s) {', '.join(unknown)}")
-
-    def text(key: str, *, required: bool = True) -> str | None:
-        value = data.get(key)
-        if value is None:
-            if required:
-                raise fail(f"missing required field {key!r}")
-            return None
-        if not isinstance(value, str) or not value.strip():
-            raise fail(f"field {key!r} must be a non-empty string")
-        return value.strip()
-
-    client_id = text("id", required=False) or (source.stem if source else None)
-    if not client_id:
-        raise fail("missing required field 'id'")
+    fields.reject_unknown(_FIELDS)
+    client_id = fields.identifier()
     name = cast(str, text("name"))
     iss = cast(str, text("iss"))
     jwks_url = text("jwks_url", required=False)

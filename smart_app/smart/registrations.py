@@ -251,6 +251,43 @@ def read_registration_json(path: Path) -> dict[str, Any]:
     return data
 
 
+class RegistrationFields:
+    """The fields of one registration file (an EHR's or a CDS client's), read so that every error names
+    the file and the field."""
+
+    def __init__(self, data: Mapping[str, Any], source: Path | None, *, unnamed: str) -> None:
+        self.data = data
+        self.source = source
+        self.where = str(source) if source else unnamed
+
+    def fail(self, message: str) -> RegistrationError:
+        return RegistrationError(f"{self.where}: {message}")
+
+    def reject_unknown(self, known: frozenset[str]) -> None:
+        """Every field is one of ``known``, or a comment (a name starting with ``_``)."""
+        unknown = sorted(k for k in self.data if k not in known and not k.startswith("_"))
+        if unknown:
+            raise self.fail(f"unknown field(s) {', '.join(unknown)}")
+
+    def text(self, key: str, *, required: bool = True) -> str | None:
+        """The non-empty string ``key``, stripped; ``None`` when absent and not ``required``."""
+        value = self.data.get(key)
+        if value is None:
+            if required:
+                raise self.fail(f"missing required field {key!r}")
+            return None
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(f"field {key!r} must be a non-empty string")
+        return value.strip()
+
+    def identifier(self) -> str:
+        """The ``id`` field, else the file's name without its extension."""
+        value = self.text("id", required=False) or (self.source.stem if self.source else None)
+        if not value:
+            raise self.fail("missing required field 'id'")
+        return value
+
+
 def load_registration_file(path: Path) -> Registration:
     """Read and validate one registration file; errors name the file and the field."""
     return parse_registration(read_registration_json(path), source=path)
@@ -258,33 +295,15 @@ def load_registration_file(path: Path) -> Registration:
 
 def parse_registration(data: Mapping[str, Any], *, source: Path | None = None) -> Registration:
     """Validate a registration mapping (the parsed JSON of one file)."""
-    where = str(source) if source else "registration"
-
-    def fail(message: str) -> RegistrationError:
-        return RegistrationError(f"{where}: {message}")
-
+    fields = RegistrationFields(data, source, unnamed="registration")
+    fail, text = fields.fail, fields.text
     if "client_secret" in data:
         raise fail(
             "must not contain client_secret; put the secret in an environment variable and name it "
             "in client_secret_env"
         )
-    unknown = sorted(k for k in data if k not in _FIELDS and not k.startswith("_"))
-    if unknown:
-        raise fail(f"unknown field(s) {', '.join(unknown)}")
-
-    def text(key: str, *, required: bool = True) -> str | None:
-        value = data.get(key)
-        if value is None:
-            if required:
-                raise fail(f"missing required field {key!r}")
-            return None
-        if not isinstance(value, str) or not value.strip():
-            raise fail(f"field {key!r} must be a non-empty string")
-        return value.strip()
-
-    reg_id = text("id", required=False) or (source.stem if source else None)
-    if not reg_id:
-        raise fail("missing required field 'id'")
+    fields.reject_unknown(_FIELDS)
+    reg_id = fields.identifier()
     name = cast(str, text("name"))
     iss = cast(str, text("iss"))
     if not _is_http_url(iss):
