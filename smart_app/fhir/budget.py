@@ -25,7 +25,7 @@ import socket
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -208,26 +208,26 @@ def _current() -> Cutoff | None:
     return cutoff
 
 
+def _watched_response(sock: socket.socket | None, getresponse: Callable[[], Any]) -> Any:
+    """``getresponse()`` of a connection on ``sock`` under the thread's cut-off, when there is one: the
+    cut-off holds the socket and the answer, so that it can close them when it fires."""
+    cutoff = _current()
+    if cutoff is None:
+        return getresponse()
+    cutoff.attach(sock)
+    answer = getresponse()
+    cutoff.track(answer)
+    return answer
+
+
 class _WatchedHTTPConnection(HTTPConnection):
     def getresponse(self) -> Any:
-        cutoff = _current()
-        if cutoff is None:
-            return super().getresponse()
-        cutoff.attach(self.sock)
-        answer = super().getresponse()
-        cutoff.track(answer)
-        return answer
+        return _watched_response(self.sock, super().getresponse)
 
 
 class _WatchedHTTPSConnection(HTTPSConnection):
     def getresponse(self) -> Any:
-        cutoff = _current()
-        if cutoff is None:
-            return super().getresponse()
-        cutoff.attach(self.sock)
-        answer = super().getresponse()
-        cutoff.track(answer)
-        return answer
+        return _watched_response(self.sock, super().getresponse)
 
 
 class _WatchedHTTPPool(HTTPConnectionPool):
