@@ -153,6 +153,16 @@ def _read_written(source: Source, ref: Ref) -> dict[str, Any] | None:
         return None
 
 
+def _read_audited(source: Source, ref: Ref) -> dict[str, Any]:
+    """The resource an auditor named; :class:`AuditInputError` when it cannot be read or is not there."""
+    try:
+        return source.read(ref.type, ref.id)
+    except NotAccessible as exc:
+        raise AuditInputError(f"{ref.plain} cannot be read with the granted scopes") from exc
+    except NotFound as exc:
+        raise AuditInputError(f"{ref.plain} was not found") from exc
+
+
 def verify_assessment(
     source: Source,
     assessment: str,
@@ -171,12 +181,7 @@ def verify_assessment(
             f"{assessment!r} is not a ClinicalImpression/ID, DocumentReference/ID, or exam Observation/ID "
             "reference"
         )
-    try:
-        current = source.read(ref.type, ref.id)
-    except NotAccessible as exc:
-        raise AuditInputError(f"{ref.plain} cannot be read with the granted scopes") from exc
-    except NotFound as exc:
-        raise AuditInputError(f"{ref.plain} was not found") from exc
+    current = _read_audited(source, ref)
     report = VerifyReport(assessment=ref.plain, reproduced=False, differences=[])
     provenances = find_provenance(source, ref)
     if not provenances:
@@ -439,12 +444,7 @@ def verify_exam(source: Source, reference: str, *, criteria_dirs: Sequence[Path]
     ref = Ref.parse(reference)
     if ref is None:
         raise AuditInputError(f"{reference!r} is not a reference")
-    try:
-        current = source.read(ref.type, ref.id)
-    except NotAccessible as exc:
-        raise AuditInputError(f"{ref.plain} cannot be read with the granted scopes") from exc
-    except NotFound as exc:
-        raise AuditInputError(f"{ref.plain} was not found") from exc
+    current = _read_audited(source, ref)
     if ref.type != "Provenance" and not (exam_identifiers(current) or has_entered_tag(current)):
         raise AuditInputError(f"{ref.plain} is not an exam Observation entered through the app")
     report = VerifyReport(assessment=ref.plain, reproduced=False, differences=[], kind=EXAM)
