@@ -27,16 +27,8 @@ ABSENT = "absent"
 def preferred_coding(criteria: Criteria, valueset: str) -> Coding | None:
     """The first concept ``valueset`` enumerates in the release's terminology (with its display), or
     ``None`` when it enumerates none (a ValueSet defined by a filter only)."""
-    vs = criteria.terminology.valuesets.get(valueset) or {}
-    for include in (vs.get("compose") or {}).get("include") or []:
-        system = include.get("system")
-        for concept in include.get("concept") or []:
-            if isinstance(system, str) and isinstance(concept.get("code"), str):
-                coding = {"system": system, "code": concept["code"]}
-                if concept.get("display"):
-                    coding["display"] = str(concept["display"])
-                return coding
-    return None
+    codings = enumerated_codings(criteria, valueset)
+    return codings[0] if codings else None
 
 
 def enumerated_codings(criteria: Criteria, valueset: str) -> tuple[Coding, ...]:
