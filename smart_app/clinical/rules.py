@@ -368,19 +368,24 @@ def rule_exam(ctx: Context, spec: Mapping[str, Any], rej: Rejections) -> Finding
         return FindingResult(UNKNOWN, (), _unknown_reason(ctx, spec))
     verdict, top = _newest(candidates)
     if verdict == "conflict":
-        return FindingResult(
-            UNKNOWN,
-            _sorted_refs(top),
-            "conflict: records at the same time say present and absent ("
-            + "; ".join(_describe(f) for f in top)
-            + ")",
-            tuple(top),
-            conflict=True,
-        )
+        return _conflict(top, "records")
     reason = "; ".join(_describe(f) for f in top)
     if len(candidates) > len(top):
         reason += " (newest record)"
     return FindingResult(verdict, _sorted_refs(top), reason, tuple(top), tuple(support))
+
+
+def _conflict(facts: Sequence[Fact], which: str) -> FindingResult:
+    """A same-time conflict among ``which`` (the records' own words): unknown, citing every record."""
+    return FindingResult(
+        UNKNOWN,
+        _sorted_refs(facts),
+        f"conflict: {which} at the same time say present and absent ("
+        + "; ".join(_describe(f) for f in facts)
+        + ")",
+        tuple(facts),
+        conflict=True,
+    )
 
 
 def _sign_of(fact: Fact, signs: Sequence[Mapping[str, Any]]) -> str:
@@ -425,15 +430,7 @@ def _any_sign_present(
             preliminary=_preliminary(present),
         )
     if conflicts:
-        return FindingResult(
-            UNKNOWN,
-            _sorted_refs(conflicts),
-            "conflict: records of one sign at the same time say present and absent ("
-            + "; ".join(_describe(f) for f in conflicts)
-            + ")",
-            tuple(conflicts),
-            conflict=True,
-        )
+        return _conflict(conflicts, "records of one sign")
     if absent:
         return FindingResult(
             ABSENT,
