@@ -12,44 +12,30 @@ from __future__ import annotations
 import argparse
 import gzip
 import statistics
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
-from smart_app.fhir import FhirClient, fetch_patient_record
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.records import compact  # noqa: E402
+from smart_app.fhir import FhirClient, fetch_patient_record  # noqa: E402
 
 PATIENT = "bench"
 
 
 def observation(index: int) -> dict[str, Any]:
+    """A compact record of ``benchmarks/records.py`` as a server keeps it (short id, ``meta``)."""
     return {
-        "resourceType": "Observation",
+        **compact(index, PATIENT),
         "id": f"o{index}",
         "meta": {"versionId": "1", "lastUpdated": "2026-01-01T00:00:00Z"},
-        "status": "final",
-        "category": [
-            {
-                "coding": [
-                    {
-                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                        "code": "vital-signs",
-                    }
-                ]
-            }
-        ],
-        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}]},
-        "subject": {"reference": f"Patient/{PATIENT}"},
-        "effectiveDateTime": f"2025-{1 + index % 12:02d}-{1 + index % 28:02d}T08:00:00Z",
-        "valueQuantity": {
-            "value": 60 + index % 40,
-            "unit": "/min",
-            "system": "http://unitsofmeasure.org",
-            "code": "/min",
-        },
     }
 
 
