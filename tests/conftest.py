@@ -24,6 +24,7 @@ import responses
 from flask import Flask
 from flask.testing import FlaskClient
 
+from launch.stack import Redis, StackError
 from smart_app.smart.launch import Launch
 from tests import skip_policy
 from tests.audit_fixtures import Sandbox, http_sandbox
@@ -99,6 +100,25 @@ class LaunchActions:
 @pytest.fixture
 def launch_actions(app: Flask, client: FlaskClient) -> LaunchActions:
     return LaunchActions(app, client)
+
+
+# -- Redis, as the shared launch and session store -------------------------------------------------------
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[Redis]:
+    """A ``redis-server`` of the test's own, in memory only, started as the benchmark stack starts one."""
+    try:
+        server = Redis(tmp_path)
+    except StackError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: Redis) -> str:
+    return redis_server.url
 
 
 # -- the sandbox EHR over HTTP --------------------------------------------------------------------------

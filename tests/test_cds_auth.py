@@ -7,12 +7,8 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import shutil
-import socket
-import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +20,7 @@ from flask.testing import FlaskClient
 from joserfc import jwt
 from joserfc.jwk import OctKey
 
+from launch.stack import Redis
 from smart_app.cds import auth
 from smart_app.cds.clients import CdsClientRegistry, load_cds_clients, parse_cds_client
 from smart_app.cds.discovery import PATIENT_VIEW
@@ -408,35 +405,8 @@ def test_memory_replay_cache_forgets_after_expiry() -> None:
 
 
 @pytest.fixture
-def redis_client(tmp_path: Path) -> Iterator[Any]:
-    import redis
-
-    server = shutil.which("redis-server")
-    if server is None:
-        pytest.fail("redis-server is missing: run tests/setup_test_deps.py as root", pytrace=False)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    process = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        client = redis.Redis(host="127.0.0.1", port=port)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail("redis-server did not start", pytrace=False)
-                time.sleep(0.05)
-        yield client
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+def redis_client(redis_server: Redis) -> Any:
+    return redis_server.client()
 
 
 @pytest.mark.redis

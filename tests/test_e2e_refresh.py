@@ -14,13 +14,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,45 +114,6 @@ def revoke_access(box: BackgroundServer, seen: Seen) -> None:
         seen.revoked_at = time.time()
 
 
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[str]:
-    server = shutil.which("redis-server")
-    if server is None:
-        pytest.fail("redis-server is missing: run tests/setup_test_deps.py as root", pytrace=False)
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            server,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(tmp_path),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError as exc:
-                if process.poll() is not None or time.monotonic() >= deadline:
-                    pytest.fail(f"redis-server did not start: {exc!r}", pytrace=False)
-                time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-
-
 def serve(
     tmp_path: Path, app_port: int, fhir_base: str, sandbox_url: str, **env: str
 ) -> subprocess.Popen[bytes]:
@@ -235,7 +195,7 @@ def page_complete(response: requests.Response) -> bool:
 def test_refresh_holds_under_load(
     request: pytest.FixtureRequest, tmp_path: Path, lifetime: int, reuse_window: int, store: str, seconds: int
 ) -> None:
-    env = {"SMART_APP_SESSION_REDIS_URL": request.getfixturevalue("redis_server")} if store == "redis" else {}
+    env = {"SMART_APP_SESSION_REDIS_URL": request.getfixturevalue("redis_url")} if store == "redis" else {}
     app_port = free_port()
     app_url = f"http://127.0.0.1:{app_port}"
     box = BackgroundServer(

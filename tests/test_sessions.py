@@ -4,10 +4,6 @@ carries."""
 from __future__ import annotations
 
 import shutil
-import socket
-import subprocess
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,51 +13,6 @@ from flask import session
 
 from smart_app import create_app
 from tests.servers import bind, start_stack
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture
-def redis_url(tmp_path: Path) -> Iterator[str]:
-    server = shutil.which("redis-server")
-    if server is None:
-        pytest.fail("redis-server is missing: run tests/setup_test_deps.py as root", pytrace=False)
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            server,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(tmp_path),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:  # refused until redis listens; OSError covers resets and connect timeouts too
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError as exc:
-                if process.poll() is not None or time.monotonic() >= deadline:
-                    pytest.fail(f"redis-server on port {port} did not start: {exc!r}", pytrace=False)
-                time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 @pytest.mark.redis
@@ -161,7 +112,6 @@ def test_a_launch_keeps_at_most_4_kb_on_the_server_and_no_patient_data(tmp_path:
     the write: each at most 4 KB, holding no name, identifier or finding of the patient."""
     import json
     import re
-    import shutil
 
     from benchmarks.records import big_patient, realistic
     from launch.data import DATA_DIR
