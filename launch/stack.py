@@ -271,6 +271,22 @@ def app_environment(
     return env
 
 
+def serve_argv(port: int, workers: int) -> list[str]:
+    """``smart-app serve`` on ``127.0.0.1:port`` with ``workers`` gunicorn workers, run by this Python."""
+    return [
+        sys.executable,
+        "-m",
+        "smart_app.cli",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+    ]
+
+
 class AppInstance(Service):
     """``smart-app serve`` (gunicorn: ``workers`` processes of 4 threads) on a free loopback port."""
 
@@ -279,18 +295,7 @@ class AppInstance(Service):
         self.url = f"http://127.0.0.1:{self.port}"
         super().__init__(
             name,
-            [
-                sys.executable,
-                "-m",
-                "smart_app.cli",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--workers",
-                str(workers),
-            ],
+            serve_argv(self.port, workers),
             workdir,
             env,
         )

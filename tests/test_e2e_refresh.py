@@ -16,7 +16,6 @@ import os
 import re
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -29,6 +28,7 @@ import pytest
 import requests
 
 from launch.sandbox.server import BackgroundServer
+from launch.stack import serve_argv
 from tests.servers import SCOPES, wait_until_answering
 
 pytestmark = pytest.mark.e2e
@@ -145,19 +145,9 @@ def serve(
             **env,
         }
     )
-    command = [
-        sys.executable,
-        "-m",
-        "smart_app.cli",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(app_port),
-        "--workers",
-        "2",
-    ]
-    return subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        serve_argv(app_port, workers=2), env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
 
 
 def worker_pids_talking_to(port: int) -> set[int]:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from launch.stack import serve_argv
 from tests.servers import free_port, wait_until_answering
 
 pytestmark = pytest.mark.e2e
@@ -21,18 +22,7 @@ def serve(tmp_path: Path, **env: str) -> tuple[subprocess.Popen[bytes], str]:
     environment = {key: value for key, value in os.environ.items() if not key.startswith("SMART_APP_")}
     environment.update({"SMART_APP_INSTANCE_PATH": str(tmp_path), **env})
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "smart_app.cli",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "2",
-        ],
+        serve_argv(port, workers=2),
         env=environment,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
