@@ -77,6 +77,13 @@ def client(app: Flask) -> FlaskClient:
 
 
 @pytest.fixture
+def rsps() -> Iterator[responses.RequestsMock]:
+    """Outbound HTTP faked with ``responses``: a request nothing is registered for fails."""
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        yield mock
+
+
+@pytest.fixture
 def ehr() -> Iterator[FakeEhr]:
     """The EHR's FHIR API faked with ``responses``; it records what is written."""
     with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:

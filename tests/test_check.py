@@ -4,7 +4,6 @@ SMART endpoints) and EHRs mocked with ``responses`` that lack one thing each."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -137,12 +136,6 @@ def capability_statement(**overrides: Any) -> dict[str, Any]:
     }
     statement.update(overrides)
     return statement
-
-
-@pytest.fixture()
-def rsps() -> Iterator[responses.RequestsMock]:
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield mock
 
 
 def ehr(rsps: responses.RequestsMock, config: dict[str, Any] | None = None, **statement: Any) -> None:

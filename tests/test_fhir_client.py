@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
@@ -11,7 +10,6 @@ from typing import Any
 import orjson
 import pytest
 import requests
-import responses
 from responses import matchers
 
 from smart_app import fhirjson as fj
@@ -71,12 +69,6 @@ def outcome(diagnostics: str | None = None, text: str | None = None) -> dict[str
 class Sleeps(list[float]):
     def __call__(self, seconds: float) -> None:
         self.append(seconds)
-
-
-@pytest.fixture
-def rsps() -> Iterator[responses.RequestsMock]:
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield mock
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -41,12 +40,6 @@ def outcome(text: str) -> dict[str, Any]:
         "resourceType": "OperationOutcome",
         "issue": [{"severity": "error", "code": "forbidden", "diagnostics": text}],
     }
-
-
-@pytest.fixture
-def rsps() -> Iterator[responses.RequestsMock]:
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield mock
 
 
 @pytest.fixture

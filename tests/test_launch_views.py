@@ -7,7 +7,6 @@ import base64
 import logging
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -37,12 +36,6 @@ from smart_support import (
 
 from smart_app.smart.launch import Launch
 from smart_app.web import session as smart_session
-
-
-@pytest.fixture()
-def rsps() -> Iterator[responses.RequestsMock]:
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield mock
 
 
 @pytest.fixture()

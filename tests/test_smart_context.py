@@ -4,7 +4,6 @@ before any FHIR request is sent."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -15,12 +14,6 @@ from smart_support import ISS, TOKEN, id_token, make_app, mock_discovery, token_
 
 from smart_app.smart.context import InvalidLaunchContext, check_context
 from smart_app.smart.token import LaunchContext
-
-
-@pytest.fixture()
-def rsps() -> Iterator[responses.RequestsMock]:
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield mock
 
 
 def checked(**fields: Any) -> Any:

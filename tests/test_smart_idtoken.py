@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 import requests
@@ -55,12 +54,6 @@ def test_rejections(token, reason):
 def test_expiry_leeway_and_no_nonce_expected():
     assert check(id_token(NONCE, exp=int(time.time()) - 30))
     assert check(id_token(None), nonce=None)
-
-
-@pytest.fixture()
-def rsps() -> Iterator[responses.RequestsMock]:
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield mock
 
 
 def test_verify_uses_discovered_jwks_and_refetches_after_rotation(rsps):

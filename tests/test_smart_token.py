@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Iterator
 from urllib.parse import parse_qs, unquote
 
 import pytest
@@ -19,12 +18,6 @@ from smart_app.smart.keys import AppKeys
 from smart_app.smart.token import CLIENT_ASSERTION_TYPE, exchange_code, parse_token_response, refresh
 
 KEYS = AppKeys({"RS384": RSAKey.generate_key(2048), "ES384": ECKey.generate_key("P-384")})
-
-
-@pytest.fixture()
-def rsps() -> Iterator[responses.RequestsMock]:
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield mock
 
 
 def form(call: responses.Call) -> dict[str, str]:

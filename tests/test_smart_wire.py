@@ -39,12 +39,6 @@ DEEP_OBJECT = b'{"a":' * 100_000 + b"1" + b"}" * 100_000
 DEEP_SHORT = b"[" * 10_000 + b"]" * 10_000
 
 
-@pytest.fixture()
-def rsps() -> Iterator[responses.RequestsMock]:
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield mock
-
-
 class SlowRaw:
     """A response body arriving in small pieces with a pause before each."""
 
