@@ -36,6 +36,7 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from launch.stack import write_registration  # noqa: E402
 from tests.hostile_ehr import PATIENT, HostileEhr, Recorder, write_form  # noqa: E402
 from tests.servers import SCOPES, bind, wait_until_answering  # noqa: E402
 
@@ -94,20 +95,15 @@ class Bench:
             }
         )
         registrations = tmp / "registrations"
-        registrations.mkdir(exist_ok=True)
-        (registrations / "bench.json").write_text(
-            json.dumps(
-                {
-                    "id": "bench",
-                    "name": "Hostile EHR (bench)",
-                    "iss": f"{self.ehr_server.url}/fhir",
-                    "client_id": "back-mice-bench",
-                    "client_type": "public",
-                    "scopes": SCOPES,
-                    "frame_ancestors": [self.ehr_server.url],
-                    "writeback": {"mode": mode, "assessment_as": "ClinicalImpression"},
-                }
-            )
+        write_registration(
+            registrations,
+            ident="bench",
+            name="Hostile EHR (bench)",
+            fhir_base=f"{self.ehr_server.url}/fhir",
+            client_id="back-mice-bench",
+            scopes=SCOPES,
+            frame_ancestor=self.ehr_server.url,
+            writeback={"mode": mode, "assessment_as": "ClinicalImpression"},
         )
         self.hostile, self.other = HostileEhr(sandbox), Recorder()
         self.ehr_server.start(self.hostile)

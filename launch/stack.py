@@ -324,13 +324,14 @@ def write_registration(
     scopes: Sequence[str],
     frame_ancestor: str,
     writeback: Mapping[str, str] | None = None,
+    name: str | None = None,
 ) -> Path:
     """An EHR registration of a public client (``launch/registrations/README.md`` names the fields)."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{ident}.json"
     registration = {
         "id": ident,
-        "name": f"{ident} (generated)",
+        "name": name or f"{ident} (generated)",
         "iss": fhir_base,
         "client_id": client_id,
         "client_type": "public",

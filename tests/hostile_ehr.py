@@ -45,6 +45,7 @@ from typing import Any
 
 import requests
 
+from launch.stack import write_registration
 from tests.servers import SCOPES, Server, bind
 
 PATIENT = "jkowalski"
@@ -502,20 +503,15 @@ def start_hostile(
         }
     )
     registrations = tmp_path / "registrations"
-    registrations.mkdir(exist_ok=True)
-    (registrations / "hostile.json").write_text(
-        json.dumps(
-            {
-                "id": "hostile",
-                "name": "Hostile EHR (test)",
-                "iss": f"{ehr_server.url}/fhir",
-                "client_id": client_id,
-                "client_type": "public",
-                "scopes": SCOPES,
-                "frame_ancestors": [ehr_server.url],
-                "writeback": writeback or {"mode": "transaction", "assessment_as": "ClinicalImpression"},
-            }
-        )
+    write_registration(
+        registrations,
+        ident="hostile",
+        name="Hostile EHR (test)",
+        fhir_base=f"{ehr_server.url}/fhir",
+        client_id=client_id,
+        scopes=SCOPES,
+        frame_ancestor=ehr_server.url,
+        writeback=writeback,
     )
     defaults = {
         # The catalogue runs at small scale: budgets of seconds, caps of megabytes; the measurement
