@@ -11,10 +11,8 @@ from typing import Any
 import pytest
 
 from smart_app.audit.cli import render_list, render_verify, run_list, run_verify
+from smart_app.audit.errors import AuditInputError
 from smart_app.audit.listing import changed_elements, list_writes, resource_state
-from smart_app.audit.model import (
-    AuditInputError,
-)
 from smart_app.audit.source import BundleSource, NotFound
 from smart_app.audit.verify import verify_assessment
 from smart_app.drafts.readback import recomputed_conclusion, written_conclusion

@@ -17,6 +17,8 @@ from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from smart_app.audit.errors import AuditInputError
+
 if TYPE_CHECKING:
     from smart_app.audit.model import AuditReport, VerifyReport
     from smart_app.audit.source import Source
@@ -26,8 +28,6 @@ TOKEN_ENV = "SMART_APP_FHIR_TOKEN"
 
 
 def parse_since(value: str | None) -> date | None:
-    from smart_app.audit.model import AuditInputError
-
     if value is None:
         return None
     try:
@@ -38,7 +38,6 @@ def parse_since(value: str | None) -> date | None:
 
 def open_source(fhir_base: str | None, bundle: str | None) -> Source:
     """A live server (bearer token from ``$SMART_APP_FHIR_TOKEN`` when set) or an export file."""
-    from smart_app.audit.model import AuditInputError
     from smart_app.audit.source import BundleSource, FhirSource
 
     if bundle:
@@ -67,7 +66,6 @@ def run_list(
 ) -> tuple[dict[str, Any], int]:
     """``audit list`` as (JSON object, exit status)."""
     from smart_app.audit.listing import list_writes
-    from smart_app.audit.model import AuditInputError
     from smart_app.fhir.errors import FhirError
 
     try:
@@ -84,7 +82,6 @@ def run_verify(
     source: Source, assessment: str, *, criteria_dirs: Sequence[Path] = ()
 ) -> tuple[dict[str, Any], int]:
     """``audit verify`` as (JSON object, exit status)."""
-    from smart_app.audit.model import AuditInputError
     from smart_app.audit.verify import verify_assessment
     from smart_app.fhir.errors import FhirError
 
@@ -187,8 +184,6 @@ def _print(data: dict[str, Any], as_json: bool, text: str) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from smart_app.audit.model import AuditInputError
-
     try:
         source = open_source(args.fhir_base, args.bundle)
         since = parse_since(args.since)
@@ -201,7 +196,6 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from smart_app.audit.model import AuditInputError
     from smart_app.audit.verify import verify_bundle
 
     dirs = [Path(d) for d in args.criteria_dir or []]

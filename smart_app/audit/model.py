@@ -179,7 +179,3 @@ class VerifyReport:
             "sources": list(self.sources),
             "notes": list(self.notes),
         }
-
-
-class AuditInputError(Exception):
-    """The input cannot be audited (exit status 2): a bad reference, unreadable export, unknown criteria."""

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from smart_app.audit.model import AuditInputError
+from smart_app.audit.errors import AuditInputError
 from smart_app.fhirjson import ID_RE as _ID_RE
 from smart_app.fhirjson import BadTime, Ref, as_dict, parse_time, version_id
 

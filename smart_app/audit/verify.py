@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from smart_app import __version__
+from smart_app.audit.errors import AuditInputError
 from smart_app.audit.listing import (
     ENTERED_TAG_PARAM,
     TAG_PARAM,
@@ -40,7 +41,6 @@ from smart_app.audit.listing import (
 )
 from smart_app.audit.model import (
     EXAM,
-    AuditInputError,
     Difference,
     VerifyReport,
     draft_identifiers,

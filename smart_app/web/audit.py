@@ -16,8 +16,9 @@ from typing import Any
 from flask import Blueprint, current_app, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response as BaseResponse
 
+from smart_app.audit.errors import AuditInputError
 from smart_app.audit.listing import list_writes
-from smart_app.audit.model import EXAM, AuditInputError, AuditReport, Finding, VerifyReport, Write
+from smart_app.audit.model import EXAM, AuditReport, Finding, VerifyReport, Write
 from smart_app.audit.source import FhirSource, Source
 from smart_app.audit.verify import verify_assessment, verify_exam
 from smart_app.auditlog import audit_event
