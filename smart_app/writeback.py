@@ -32,6 +32,7 @@ from typing import Any, Literal, Protocol
 from urllib.parse import parse_qsl
 
 from smart_app import fhirjson as fj
+from smart_app.drafts import r4
 from smart_app.drafts.profiles import ProfileIssue, check_bundle
 from smart_app.fhir.budget import ReadBudget
 from smart_app.fhir.client import WriteResult
@@ -183,7 +184,8 @@ def _names(types: list[str]) -> str:
 
 def validate_drafts(bundle: Mapping[str, Any]) -> list[str]:
     """Problems that forbid sending: not a transaction Bundle, an entry without resource or POST
-    request with ``ifNoneExist``, or a resource that does not conform to the app's profiles."""
+    request with ``ifNoneExist``, a resource that is not valid R4 (:mod:`smart_app.drafts.r4`) or does not
+    conform to the app's profiles."""
     if bundle.get("resourceType") != "Bundle" or bundle.get("type") != "transaction":
         return ["not a transaction Bundle"]
     problems: list[str] = []
@@ -198,6 +200,7 @@ def validate_drafts(bundle: Mapping[str, Any]) -> list[str]:
             not isinstance(request, dict) or request.get("method") != "POST" or not request.get("ifNoneExist")
         ):
             problems.append(f"Bundle.entry[{index}]: not a conditional create (POST with ifNoneExist)")
+    problems.extend(r4.problems(bundle))
     problems.extend(str(issue) for issue in check_bundle(bundle))
     return problems
 

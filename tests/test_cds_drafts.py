@@ -5,15 +5,18 @@ code from the same record, compared with what the app's own write-back sends
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
 from smart_app.cds.actions import app_device_reference, suggestion_actions
-from smart_app.drafts.build import build_transaction
-from smart_app.drafts.profiles import load_checker
+from smart_app.clinical import PatientRecord, assess
+from smart_app.drafts.build import DraftingError, build_transaction
+from smart_app.drafts.profiles import check_bundle, load_checker
 from smart_app.vocabulary import APP_DEVICE
 from tests import cds_support as cs
 from tests.launch_support import start_launch
@@ -125,3 +128,14 @@ def test_actions_are_derived_from_the_drafts_without_a_device_write() -> None:
     # without a user the app Device is the author, named by its identifier, as the assembler is
     provenance = by_type(actions, "Provenance")["resource"]
     assert [a["who"] for a in provenance["agent"]] == [app_device_reference(), app_device_reference()]
+
+
+def test_drafts_that_are_not_valid_r4_are_not_suggested() -> None:
+    case = cs.load_case("001-probable-basic.json")
+    as_of = datetime.fromisoformat(case["as_of"].replace("Z", "+00:00"))
+    assessment = assess(PatientRecord(patient=case["patient"], resources=case["resources"]), as_of).to_json()
+    drafts = build_transaction(assessment, author=None, encounter=None, recorded=as_of)
+    by_type(drafts["entry"], "ServiceRequest")["resource"]["authoredOn"] = "24 November 2026"
+    assert check_bundle(drafts) == []  # the app's profiles check no primitive formats
+    with pytest.raises(DraftingError, match=r"not valid FHIR R4: Bundle\.entry\[2\]\.resource\.authoredOn"):
+        suggestion_actions(drafts)

@@ -19,6 +19,7 @@ import responses
 from writeback_fixtures import AUTHOR, RECORDED, hand_assessment
 
 from smart_app.drafts.build import build_transaction
+from smart_app.drafts.profiles import check_bundle
 from smart_app.fhir.client import FhirClient
 from smart_app.writeback import InvalidDraft, validate_drafts, write_drafts
 
@@ -382,6 +383,18 @@ def test_invalid_draft_is_not_sent() -> None:
     del broken["entry"][1]["request"]["ifNoneExist"]
     with pytest.raises(InvalidDraft, match="conditional create"):
         write_drafts(client(), broken, "sequential")
+    assert len(responses.calls) == 0
+
+
+def test_draft_that_is_not_valid_r4_is_not_sent() -> None:
+    """A malformed dateTime passes the app's profiles (they check no primitive formats) but not the R4
+    models: nothing is sent, and the problem names the element."""
+    bundle = bundle_for()
+    bundle["entry"][1]["resource"]["date"] = "24 November 2026"
+    assert check_bundle(bundle) == []
+    assert validate_drafts(bundle) == ["Bundle.entry[1].resource.date: invalid datetime format"]
+    with pytest.raises(InvalidDraft, match=r"Bundle\.entry\[1\]\.resource\.date"):
+        write_drafts(client(), bundle, "transaction")
     assert len(responses.calls) == 0
 
 

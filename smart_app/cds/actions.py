@@ -24,6 +24,7 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
+from smart_app.drafts import r4
 from smart_app.drafts.build import DraftingError
 from smart_app.drafts.profiles import load_checker
 from smart_app.vocabulary import DEVICE_IDENTIFIER_SYSTEM, DEVICE_IDENTIFIER_VALUE
@@ -33,7 +34,11 @@ UUID_PREFIX = "urn:uuid:"
 
 def suggestion_actions(drafts: Mapping[str, Any]) -> list[dict[str, Any]]:
     """One ``create`` action per draft of the transaction Bundle ``drafts`` (the Device excepted).
-    Raises ``DraftingError`` when a fullUrl is not a ``urn:uuid`` or an action breaks a profile."""
+    Raises ``DraftingError`` when a fullUrl is not a ``urn:uuid``, the drafts are not valid R4 or an
+    action breaks a profile."""
+    invalid = r4.problems(drafts)
+    if invalid:
+        raise DraftingError("suggestion drafts are not valid FHIR R4: " + "; ".join(invalid[:5]))
     entries = [
         e for e in drafts.get("entry") or [] if isinstance(e, dict) and isinstance(e.get("resource"), dict)
     ]

@@ -24,9 +24,8 @@ http.html#ccreate) so a retry never duplicates. R4 Provenance has no identifier,
 ``meta.tag`` of the identifier system and ``ifNoneExist`` searches ``_tag``. fullUrls are ``urn:uuid``
 values derived from the identifier, so the Bundle is reproducible apart from ``Provenance.recorded``.
 
-The resources are validated with fhir.resources models before serialisation. fhir.resources 6.4.x is
-pinned because it is the last line generated from FHIR 4.0.1 (``fhir.resources.__fhir_version__ ==
-"4.0.1"``); 6.5 moved to R4B (4.3.0) and 7.x to R5, neither of which is R4 on the wire.
+The Bundle is plain JSON, built the same for the review page that shows it and the write that sends it;
+base R4 validity is checked before anything leaves the app (:mod:`smart_app.drafts.r4`).
 """
 
 from __future__ import annotations
@@ -39,9 +38,6 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
-
-import fhir.resources
-from fhir.resources.bundle import Bundle
 
 from smart_app import __version__
 from smart_app.drafts.provenance import provenance_resource
@@ -62,9 +58,6 @@ from smart_app.vocabulary import (
     next_steps,
     profile_url,
 )
-
-if fhir.resources.__fhir_version__ != "4.0.1":  # pragma: no cover - guarded by the pin in pyproject
-    raise ImportError(f"fhir.resources models are FHIR {fhir.resources.__fhir_version__}, R4 4.0.1 needed")
 
 DRAFT_BANNER = "DRAFT — decision support, requires clinician review"
 XHTML_NS = "http://www.w3.org/1999/xhtml"
@@ -598,15 +591,13 @@ def build_transaction(
     recorded: datetime,
     assessment_as: AssessmentAs = "ClinicalImpression",
 ) -> dict[str, Any]:
-    """The transaction Bundle the write-back sends for ``assessment`` (plain JSON), validated as FHIR
-    R4 by the fhir.resources 6.4 models. ``author`` is the launch's ``fhirUser`` (``Practitioner/…``)
-    or None; ``recorded`` becomes ``Provenance.recorded``. A BLOCK red flag means no ServiceRequest,
-    whatever the assessment says."""
-    bundle = _Builder(
+    """The transaction Bundle the write-back sends for ``assessment`` (plain JSON; R4 validity is checked
+    before it is sent, :func:`smart_app.writeback.validate_drafts`). ``author`` is the launch's
+    ``fhirUser`` (``Practitioner/…``) or None; ``recorded`` becomes ``Provenance.recorded``. A BLOCK red
+    flag means no ServiceRequest, whatever the assessment says."""
+    return _Builder(
         assessment, author=author, encounter=encounter, recorded=recorded, assessment_as=assessment_as
     ).build()
-    validated: dict[str, Any] = json.loads(Bundle.parse_obj(bundle).json())
-    return validated
 
 
 def narrative_text(div: str) -> str:

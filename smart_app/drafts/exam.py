@@ -19,13 +19,10 @@ Observations are written with the status the criteria use (final) and no AI labe
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
-
-from fhir.resources.bundle import Bundle
 
 from smart_app.clinical.recording import (
     ABSENT,
@@ -266,8 +263,9 @@ def build_exam_transaction(
     recorded: datetime,
 ) -> dict[str, Any]:
     """The transaction Bundle recording ``answers`` for ``patient`` (``Patient/<id>``), examined by
-    ``performer`` (the launch's ``fhirUser``) at ``recorded``; validated as FHIR R4 (fhir.resources
-    4.0.1 models). Raises :class:`ExamError` when the answers do not fit, or record nothing."""
+    ``performer`` (the launch's ``fhirUser``) at ``recorded`` (R4 validity is checked before it is sent,
+    :func:`smart_app.writeback.validate_drafts`). Raises :class:`ExamError` when the answers do not fit,
+    or record nothing."""
     when = iso_instant(recorded)
     made = observations(terms, answers, patient=patient, when=when)
     if not made:
@@ -339,6 +337,4 @@ def build_exam_transaction(
             },
         }
     )
-    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
-    validated: dict[str, Any] = json.loads(Bundle.parse_obj(bundle).json())
-    return validated
+    return {"resourceType": "Bundle", "type": "transaction", "entry": entries}

@@ -5,8 +5,8 @@ FHIR R4 profiling.html and elementdefinition.html: for every element of the prof
 cardinality (``min``/``max``), the allowed choice types, ``fixed[x]`` (exact) and ``pattern[x]``
 (the instance contains the pattern), ``required`` bindings to the package's own ValueSets (expanded
 from the package files), and the resource types of references against ``targetProfile``. Elements the
-snapshot does not know are reported too. Structural validity against base R4 is checked separately when
-the drafts are built with fhir.resources models. Pure: no HTTP.
+snapshot does not know are reported too. Structural validity against base R4 is checked beside it, by
+:mod:`smart_app.drafts.r4`. Pure: no HTTP.
 
 Extensions (extensibility.html): an extension whose ``url`` is one of the package's extension definitions
 is checked against that definition (its context included); one with the package's canonical base but no
