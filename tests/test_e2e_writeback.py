@@ -397,7 +397,8 @@ def test_without_write_scopes_the_draft_is_offered_as_a_download(tmp_path: Path)
             assert all(e["request"]["ifNoneExist"] for e in bundle["entry"])
 
             # a hand-made POST of this very draft (its digest as the app computes it) is refused too
-            digest = hashlib.sha256(json.dumps(bundle, sort_keys=True).encode()).hexdigest()
+            canonical = json.dumps(bundle, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+            digest = hashlib.sha256(canonical.encode()).hexdigest()
             csrf = re.search(r'name="csrf_token" value="([^"]+)"', review.text)
             token = html.unescape(csrf.group(1)) if csrf else ""
             refused = post_write(running, browser, {"csrf_token": token, "draft_digest": digest})

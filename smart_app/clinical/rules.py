@@ -332,7 +332,7 @@ def setting_aside(
     def run(ctx: Context, spec: Mapping[str, Any]) -> Result:
         rej = Rejections()
         result = rule(ctx, spec, rej)
-        return dataclasses.replace(result, rejected=(*rej(), *result.rejected))
+        return dataclasses.replace(result, rejected=(*rej(), *result.rejected)) if rej.items else result
 
     run.__name__ = rule.__name__
     run.__doc__ = rule.__doc__

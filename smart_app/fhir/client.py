@@ -22,7 +22,9 @@ resource to the caller's ``take`` as it is decoded and keeps only what ``take`` 
 from __future__ import annotations
 
 import email.utils
+import functools
 import logging
+import os
 import threading
 import time
 import zlib
@@ -797,11 +799,29 @@ def _settle_environment(session: requests.Session, base_url: str) -> None:
     (``HTTPS_PROXY``, ``NO_PROXY``...) and a CA bundle (``REQUESTS_CA_BUNDLE``). The client only sends to
     its base, so one reading holds for all its requests, and ~0.5 ms of work per request is saved. A
     ``.netrc`` entry is no longer looked up: its Basic credentials would replace the bearer token."""
-    settings = session.merge_environment_settings(base_url, {}, None, None, None)
-    session.proxies = settings["proxies"]
+    settings = _environment_settings(base_url)
+    session.proxies = dict(settings["proxies"])
     session.verify = settings["verify"]
     session.cert = settings["cert"]
     session.trust_env = False
+
+
+#: The environment variables ``requests`` reads for a request's proxy and CA bundle.
+_REQUESTS_ENVIRONMENT = frozenset(
+    {"http_proxy", "https_proxy", "all_proxy", "no_proxy", "requests_ca_bundle", "curl_ca_bundle"}
+)
+
+
+def _environment_settings(base_url: str) -> dict[str, Any]:
+    """What the environment says for requests to ``base_url``, worked out once per base and
+    environment in a process (a client is made for every page a clinician opens)."""
+    relevant = tuple(sorted((k, v) for k, v in os.environ.items() if k.lower() in _REQUESTS_ENVIRONMENT))
+    return _settings_for(base_url, relevant)
+
+
+@functools.lru_cache(maxsize=64)
+def _settings_for(base_url: str, _environment: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+    return dict(requests.Session().merge_environment_settings(base_url, {}, None, None, None))
 
 
 def _check_type(resource_type: str) -> None:

@@ -7,6 +7,7 @@ order ``c r u d s``; v1 scopes are ``<context>/<resource>.(read|write|*)``. v1 `
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -56,8 +57,10 @@ class ResourceScope:
         return self.context == context or self.context == "system"
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_resource_scope(text: str) -> ResourceScope | None:
-    """Parse ``text`` as a v1 or v2 clinical scope; ``None`` when it is not one (e.g. ``openid``)."""
+    """Parse ``text`` as a v1 or v2 clinical scope; ``None`` when it is not one (e.g. ``openid``). Kept
+    per process: a launch's scopes are read again on every request, and a scope's meaning never changes."""
     head, sep, rest = text.partition("/")
     if not sep or head not in CONTEXTS or "." not in rest:
         return None

@@ -14,10 +14,10 @@ Routes are not registered here but in ``review``, ``write``, ``exam``, ``chart``
 from __future__ import annotations
 
 import hashlib
-import json
 from datetime import datetime
 from typing import Any
 
+import orjson
 from flask import Blueprint, current_app, g, session
 
 from smart_app import fhirjson as fj
@@ -77,13 +77,17 @@ def _pop(name: str) -> None:
     session[STATE_KEY] = state
 
 
+#: orjson options of the page's JSON: keys sorted, anything that is not JSON (a datetime) as ``str()``.
+_JSON_OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME
+
+
 def _digest(data: Any) -> str:
     """sha256 (hex) of the canonical JSON of ``data``: what the clinician was shown, in 64 characters."""
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+    return hashlib.sha256(orjson.dumps(data, default=str, option=_JSON_OPTIONS)).hexdigest()
 
 
 def _pretty(resource: Any) -> str:
-    return json.dumps(resource, indent=2, sort_keys=True, ensure_ascii=False, default=str)
+    return orjson.dumps(resource, default=str, option=_JSON_OPTIONS | orjson.OPT_INDENT_2).decode()
 
 
 # --- the review, read and assessed -----------------------------------------------------------------------
