@@ -13,10 +13,13 @@ import json
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+
+TYPE_CHECKING = False  # true for type checkers only: see smart_app/__init__.py
+if TYPE_CHECKING:
+    from typing import Any
 
 EXIT_OK, EXIT_FINDINGS, EXIT_UNUSABLE, EXIT_REFUSED = 0, 1, 2, 3  # ``check`` adds 4: not ready
 #: Environment variable holding the bearer token for commands that read or write a FHIR server.
@@ -251,47 +254,43 @@ def add_criteria_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="smart-app", description="Back-mice SMART on FHIR decision support")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    assess = commands.add_parser("assess", help="assess one patient and print the assessment")
+def _assess_arguments(assess: argparse.ArgumentParser) -> None:
     add_record_arguments(assess)
     assess.add_argument("--json", action="store_true", help="print the assessment as one JSON object")
     assess.set_defaults(func=cmd_assess)
 
-    for name, func, helptext in (
-        ("draft", cmd_draft, "print the transaction Bundle the write-back would send"),
-        ("write", cmd_write, "write the drafts to a FHIR server and print the outcome"),
-    ):
-        sub = commands.add_parser(name, help=helptext)
-        sub.add_argument(
-            "--bundle", required=True, help="a FHIR R4 Bundle (JSON) holding one patient's resources"
-        )
-        if name == "write":
-            sub.add_argument(
-                "--fhir-base", required=True, help=f"FHIR base URL (bearer token from ${TOKEN_ENV})"
-            )
-        sub.add_argument("--as-of", help="evaluation time, ISO-8601 (default: now)")
-        add_criteria_argument(sub)
-        sub.add_argument("--author", help="the user, e.g. Practitioner/123 (Provenance author)")
-        sub.add_argument(
-            "--assessment-as",
-            choices=["ClinicalImpression", "DocumentReference"],
-            default="ClinicalImpression",
-        )
-        sub.add_argument("--json", action="store_true", help="JSON output (the default for this command)")
-        if name == "write":
-            sub.add_argument("--mode", choices=["transaction", "sequential"], default="transaction")
-            sub.add_argument(
-                "--max-transaction-entries",
-                type=int,
-                help="write larger drafts as sequential conditional creates (e.g. 8 for servers that limit "
-                "conditional transactions)",
-            )
-        sub.set_defaults(func=func)
 
-    check = commands.add_parser("check", help="readiness report for an EHR before go-live (SMART and FHIR)")
+def _draft_arguments(sub: argparse.ArgumentParser, *, write: bool = False) -> None:
+    sub.add_argument(
+        "--bundle", required=True, help="a FHIR R4 Bundle (JSON) holding one patient's resources"
+    )
+    if write:
+        sub.add_argument("--fhir-base", required=True, help=f"FHIR base URL (bearer token from ${TOKEN_ENV})")
+    sub.add_argument("--as-of", help="evaluation time, ISO-8601 (default: now)")
+    add_criteria_argument(sub)
+    sub.add_argument("--author", help="the user, e.g. Practitioner/123 (Provenance author)")
+    sub.add_argument(
+        "--assessment-as",
+        choices=["ClinicalImpression", "DocumentReference"],
+        default="ClinicalImpression",
+    )
+    sub.add_argument("--json", action="store_true", help="JSON output (the default for this command)")
+    if write:
+        sub.add_argument("--mode", choices=["transaction", "sequential"], default="transaction")
+        sub.add_argument(
+            "--max-transaction-entries",
+            type=int,
+            help="write larger drafts as sequential conditional creates (e.g. 8 for servers that limit "
+            "conditional transactions)",
+        )
+    sub.set_defaults(func=cmd_write if write else cmd_draft)
+
+
+def _write_arguments(sub: argparse.ArgumentParser) -> None:
+    _draft_arguments(sub, write=True)
+
+
+def _check_arguments(check: argparse.ArgumentParser) -> None:
     check.add_argument("iss", help="the EHR's FHIR base URL (the iss it launches with)")
     check.add_argument(
         "--registration",
@@ -311,20 +310,74 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="print the report as one JSON object")
     check.set_defaults(func=cmd_check)
 
-    serve = commands.add_parser("serve", help="run the app with a production WSGI server (gunicorn)")
+
+def _serve_arguments(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--host", default=os.environ.get("SMART_APP_HOST", "127.0.0.1"))
     serve.add_argument("--port", type=int, default=int(os.environ.get("SMART_APP_PORT", "8000")))
     serve.add_argument("--workers", type=int, default=int(os.environ.get("SMART_APP_WORKERS", "4")))
     serve.set_defaults(func=cmd_serve)
 
+
+def _audit_arguments(audit: argparse.ArgumentParser) -> None:
     from smart_app.audit import cli as audit_cli
 
-    audit_cli.add_commands(commands)
+    audit_cli.add_commands(audit)
+
+
+#: The commands: name, one line of help, and what adds its arguments.
+COMMANDS: tuple[tuple[str, str, Callable[[argparse.ArgumentParser], None]], ...] = (
+    ("assess", "assess one patient and print the assessment", _assess_arguments),
+    ("draft", "print the transaction Bundle the write-back would send", _draft_arguments),
+    ("write", "write the drafts to a FHIR server and print the outcome", _write_arguments),
+    ("check", "readiness report for an EHR before go-live (SMART and FHIR)", _check_arguments),
+    ("serve", "run the app with a production WSGI server (gunicorn)", _serve_arguments),
+    ("audit", "find, trace and reproduce what the app wrote", _audit_arguments),
+)
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's help layout at the width argparse would choose (``$COLUMNS``, else the terminal's, else
+    80), found without ``shutil``: argparse makes a formatter for every argument added, and its own way
+    to the width imports ``shutil`` and the compression modules behind it, ~3 ms of every command."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, width=_columns() - 2)
+
+
+def _columns() -> int:
+    try:
+        return int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        pass
+    stdout = sys.__stdout__
+    try:
+        return os.get_terminal_size(stdout.fileno()).columns if stdout else 80
+    except (ValueError, OSError):
+        return 80
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` with :class:`_HelpFormatter`; its subcommands' parsers are of this class too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The command line: every command, or only ``command`` when it names one, so that a command starts
+    without building the others (argparse's help text lookups cost milliseconds per parser)."""
+    parser = _Parser(prog="smart-app", description="Back-mice SMART on FHIR decision support")
+    commands = parser.add_subparsers(dest="command", required=True)
+    chosen = [entry for entry in COMMANDS if entry[0] == command] or COMMANDS
+    for name, helptext, add_arguments in chosen:
+        add_arguments(commands.add_parser(name, help=helptext))
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(words[0] if words else None).parse_args(words)
     try:
         return int(args.func(args))
     except UsageProblem as exc:

@@ -21,12 +21,15 @@ from collections.abc import Generator, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
 
-JSON = Mapping[str, Any]
+TYPE_CHECKING = False  # true for type checkers only: see smart_app/__init__.py
+if TYPE_CHECKING:
+    from typing import Any
+
+JSON = Mapping[str, "Any"]  # "Any": typing is imported for type checkers only
 #: FHIR R4 datatypes.html#id, and the resource type names of resourcelist.html.
 ID_RE = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 TYPE_RE = re.compile(r"[A-Z][A-Za-z]{1,63}")

@@ -17,12 +17,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
 
 from smart_app import fhirjson as fj
 from smart_app.clinical import PatientRecord, assess, assess_bundle, load_bundle
 
+TYPE_CHECKING = False  # true for type checkers only: see smart_app/__init__.py
 if TYPE_CHECKING:
+    from typing import Any
+
     from smart_app.drafts.build import AssessmentAs
     from smart_app.fhir.budget import ReadBudget
     from smart_app.fhir.client import FhirClient

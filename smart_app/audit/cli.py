@@ -232,9 +232,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return code
 
 
-def add_commands(commands: Any) -> None:
-    """Register ``audit list`` and ``audit verify`` on the CLI's subparsers action."""
-    audit = commands.add_parser("audit", help="find, trace and reproduce what the app wrote")
+def add_commands(audit: argparse.ArgumentParser) -> None:
+    """Add ``list`` and ``verify`` to the CLI's ``audit`` command."""
     sub = audit.add_subparsers(dest="audit_command", required=True)
 
     lister = sub.add_parser("list", help="every write by the app, with status and findings")

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any
+
+TYPE_CHECKING = False  # true for type checkers only: see smart_app/__init__.py
+if TYPE_CHECKING:
+    from typing import Any
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,8 @@ A release is a directory ``<id>-<version>/`` holding ``criteria.json``, every Va
 reads, and ``release.json``: the manifest that pins each ValueSet by url and version and records the
 sha256 of every file (docs/clinical-criteria.md#release-history). A release whose files do not match its
 manifest is refused, so editing a shipped ValueSet can never silently change how a released version
-evaluates. Releases ship inside the package (``smart_app/data/criteria``) and load through
-``importlib.resources``; ``load_registry`` also takes extra directories of published releases.
+evaluates. Releases ship inside the package (``smart_app/data/criteria``); ``load_registry`` also takes
+extra directories of published releases.
 
 What a format-1 document leaves implicit is stated once, in :data:`FORMAT_1_DEFAULTS`; the codes those
 defaults name live in the sealed reading terminology of the format (``smart_app/data/criteria/format-1``,
@@ -17,17 +17,20 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from importlib import resources
-from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Any
 
 import orjson
 
 from smart_app.clinical import terminology
-from smart_app.vocabulary import CANONICAL
+from smart_app.vocabulary import CANONICAL, DATA_DIR
+
+TYPE_CHECKING = False  # true for type checkers only: see smart_app/__init__.py
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+    from typing import Any
 
 MANIFEST = "release.json"
 SUPPORTED_FORMATS = frozenset({1})
@@ -41,9 +44,9 @@ class CriteriaError(ValueError):
     """A criteria release or version the engine cannot use."""
 
 
-def shipped_releases() -> Traversable:
+def shipped_releases() -> Path:
     """The directory of criteria releases shipped with the app."""
-    return resources.files("smart_app") / "data" / "criteria"
+    return DATA_DIR / "criteria"
 
 
 #: What a format-1 criteria document leaves implicit, made explicit for the engine (the way a new format
@@ -335,7 +338,7 @@ def load_registry(extra_dirs: Sequence[Path | Traversable] = (), *, shipped: boo
     for root in roots:
         found.extend(_release_dirs(root))
     for extra in extra_dirs:
-        directory = extra if isinstance(extra, Traversable) else Path(extra)
+        directory = Path(extra) if isinstance(extra, str | os.PathLike) else extra
         found.extend([directory] if (directory / MANIFEST).is_file() else _release_dirs(directory))
     return CriteriaRegistry(releases=found)
 

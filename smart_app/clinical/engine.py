@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 from smart_app import fhirjson as fj
 from smart_app.clinical.assessment import Assessment
@@ -34,7 +33,11 @@ from smart_app.clinical.rules import (
     PainResult,
 )
 
-UnknownInput = tuple[str, Mapping[str, Any], str]  # ladder input name, its data_dependencies entry, unread
+TYPE_CHECKING = False  # true for type checkers only: see smart_app/__init__.py
+if TYPE_CHECKING:
+    from typing import Any
+
+UnknownInput = tuple[str, Mapping[str, "Any"], str]  # ladder input name, its data_dependencies entry, unread
 
 
 def criteria_for(version: str | None = None, registry: CriteriaRegistry | None = None) -> Criteria:

@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import orjson
 
@@ -23,6 +22,10 @@ from smart_app.clinical.criteria import Criteria
 from smart_app.clinical.record import PatientRecord
 from smart_app.fhirjson import When
 from smart_app.vocabulary import system_label
+
+TYPE_CHECKING = False  # true for type checkers only: see smart_app/__init__.py
+if TYPE_CHECKING:
+    from typing import Any
 
 _MIN = datetime.min.replace(tzinfo=UTC)
 READ_TYPES = ("Observation", "Condition", "Procedure", "MedicationStatement", "MedicationRequest")

@@ -17,12 +17,15 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from typing import Any
 
 from smart_app import fhirjson as fj
 from smart_app.clinical.criteria import Criteria, CriteriaError
 from smart_app.clinical.facts import Fact, Facts
 from smart_app.clinical.record import PatientRecord
+
+TYPE_CHECKING = False  # true for type checkers only: see smart_app/__init__.py
+if TYPE_CHECKING:
+    from typing import Any
 
 PRESENT, ABSENT, UNKNOWN = "present", "absent", "unknown"
 Rejection = tuple[str, str]  # (reference, why it was set aside)
@@ -100,7 +103,7 @@ class Outcome(Result):
     evidence: tuple[str, ...] = ()
 
 
-Operator = Callable[["Context", Mapping[str, Any]], Result]
+Operator = Callable[["Context", Mapping[str, "Any"]], Result]
 
 
 @dataclass

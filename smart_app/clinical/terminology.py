@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+
+TYPE_CHECKING = False  # true for type checkers only: see smart_app/__init__.py
+if TYPE_CHECKING:
+    from typing import Any
 
 ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
 ORDINAL_VALUE = "http://hl7.org/fhir/StructureDefinition/ordinalValue"

@@ -20,13 +20,15 @@ import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from importlib.resources.abc import Traversable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from smart_app.fhirjson import Ref
 from smart_app.vocabulary import CANONICAL, profiles_package
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
 
 _FHIR_SD = "http://hl7.org/fhir/StructureDefinition/"
 
