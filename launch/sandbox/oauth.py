@@ -167,6 +167,10 @@ class Launch:
     fhir_context: tuple[JsonDict, ...] = ()
 
 
+#: How often :meth:`AuthState._expire` sweeps the tables.
+SWEEP_SECONDS = 1.0
+
+
 class AuthState:
     """Launches, pending authorizations, codes, tokens and seen assertion ``jti``s, behind one lock."""
 
@@ -183,6 +187,7 @@ class AuthState:
         self.latest_access: dict[str, tuple[str, float]] = {}  # family -> (access token, issued at)
         self.jtis: dict[str, float] = {}
         self._jwks_cache: dict[str, tuple[JsonDict, float]] = {}
+        self._next_sweep = 0.0
 
     # -- launches and pending authorizations -----------------------------------------------------------
     def add_launch(self, launch: Launch) -> str:
@@ -310,7 +315,13 @@ class AuthState:
         return grant
 
     def _expire(self) -> None:
+        """Drop what has expired, at most once a second: every lookup checks expiry itself, so this only
+        keeps the tables small, and a sweep on every code or assertion would cost each one a pass over
+        every live token."""
         now = self.clock()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + SWEEP_SECONDS
         for table in (self.codes, self.access, self.refresh):
             for token in [t for t, g in table.items() if g.expires_at < now]:
                 del table[token]
