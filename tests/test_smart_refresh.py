@@ -43,8 +43,10 @@ class MemoryStore:
         self.launches: dict[str, Launch] = {}
         self._lock = threading.Lock()
         self.saves = 0
+        self.loads = 0
 
     def load(self, launch_id: str) -> Launch | None:
+        self.loads += 1
         return self.launches.get(launch_id)
 
     def save(self, launch: Launch) -> None:
@@ -251,6 +253,26 @@ def keeper_and_client() -> tuple[TokenKeeper, Launch, Ehr, FhirClient]:
         ehr,
         FhirClient(BASE, token=bearer, session=RetryOn401Session(bearer), max_retries=0),
     )
+
+
+def test_a_bearer_reads_the_launch_once_until_its_refresh_falls_due():
+    """One page's reads share the token the keeper lent (smart_app/smart/bearer.py): the store is read
+    again only when the refresh falls due, and right after the refresh."""
+    clock, store = Clock(), MemoryStore()
+    ehr = Ehr(clock, 3600)
+    keeper = TokenKeeper(store, ehr, leeway=60, clock=clock)
+    launch = launched(store, keeper, clock, 3600)
+    bearer = LaunchBearer(keeper, launch.id)
+    before = store.loads
+    assert [bearer() for _ in range(5)] == ["AT-0"] * 5
+    assert store.loads == before + 1
+    clock.now += 3600 - 60 - 1
+    assert bearer() == "AT-0" and store.loads == before + 1 and not ehr.refreshes
+    clock.now += 1  # the refresh falls due
+    assert bearer() == "AT-1" and len(ehr.refreshes) == 1
+    after_refresh = store.loads
+    assert [bearer() for _ in range(3)] == ["AT-1"] * 3
+    assert store.loads == after_refresh + 1  # the refreshed launch's due time, read once
 
 
 def test_a_read_answered_401_is_retried_once_with_a_refreshed_token():

@@ -24,17 +24,25 @@ _BEARER = "Bearer "
 
 
 class LaunchBearer:
-    """The access token of launch ``launch_id``; callable from the client's worker threads."""
+    """The access token of launch ``launch_id``; callable from the client's worker threads. A bearer
+    serves one page request: it holds the token the keeper lent until its refresh falls due
+    (:meth:`TokenKeeper.lease`), so the page's reads do not each read the launch from the store."""
 
     def __init__(self, keeper: TokenKeeper, launch_id: str) -> None:
         self.keeper = keeper
         self.launch_id = launch_id
+        self._lease: tuple[str, float] = ("", 0.0)
 
     def __call__(self) -> str:
-        return self.keeper.access_token(self.launch_id)
+        token, until = self._lease
+        if self.keeper.clock() < until:
+            return token
+        self._lease = lease = self.keeper.lease(self.launch_id)
+        return lease[0]
 
     def after_401(self, rejected: str) -> str:
         """The token to use instead of ``rejected``; :class:`RelaunchRequired` when there is none."""
+        self._lease = ("", 0.0)
         return self.keeper.replace_rejected(self.launch_id, rejected)
 
     def refused_again(self) -> RelaunchRequired:

@@ -176,12 +176,7 @@ class TokenKeeper:
         return tokens.expires_at - leeway
 
     def _due(self, launch: Launch, now: float) -> bool:
-        if launch.expires_at is None:
-            return False
-        due_at = (
-            launch.refresh_due_at if launch.refresh_due_at is not None else launch.expires_at - self.leeway
-        )
-        return now >= min(due_at, launch.expires_at)
+        return now >= self._due_at(launch)
 
     @staticmethod
     def _expired(launch: Launch, now: float) -> bool:
@@ -195,9 +190,26 @@ class TokenKeeper:
 
     def access_token(self, launch_id: str) -> str:
         """A usable access token of the launch, refreshed first when it is due."""
+        return self.lease(launch_id)[0]
+
+    def lease(self, launch_id: str) -> tuple[str, float]:
+        """:meth:`access_token`, and until when it may be used without asking again: the time its
+        refresh falls due (``inf`` for a token without expiry; ``0`` right after a refresh, whose
+        due time is read the next time)."""
         launch = self._load(launch_id)
         if not self._due(launch, self.clock()):
-            return launch.access_token
+            return launch.access_token, self._due_at(launch)
+        return self._refreshed_token(launch_id), 0.0
+
+    def _due_at(self, launch: Launch) -> float:
+        if launch.expires_at is None:
+            return float("inf")
+        due_at = (
+            launch.refresh_due_at if launch.refresh_due_at is not None else launch.expires_at - self.leeway
+        )
+        return min(due_at, launch.expires_at)
+
+    def _refreshed_token(self, launch_id: str) -> str:
         with self.store.lock(launch_id):
             launch = self._load(launch_id)  # another sharer may have refreshed meanwhile
             now = self.clock()
