@@ -5,7 +5,8 @@ write or CDS suggestion leaves the app (:func:`smart_app.writeback.validate_draf
 
 The drafts are built as plain JSON and shown as built: the review page, which only shows them, does not
 pay for the models. ``tests/test_drafting_corpus.py`` holds every draft the engine can produce to the
-models, and checks that the models serialise each one unchanged (so what is shown is what is sent).
+models, and checks that the models serialise each one unchanged but for writing a UTC instant's ``Z`` as
+``+00:00`` (so what is shown is what is sent).
 
 fhir.resources 6.4.x is pinned because it is the last line generated from FHIR 4.0.1
 (``fhir.resources.__fhir_version__ == "4.0.1"``); 6.5 moved to R4B (4.3.0) and 7.x to R5, neither of which
