@@ -21,7 +21,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -37,11 +36,15 @@ from launch.stack import Services, StackError  # noqa: E402
 NORMAL_PATIENT = "jkowalski"
 
 
+def _headers(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}", "Accept": "application/fhir+json"}
+
+
 def offers_batch(fhir_base: str, token: str) -> bool:
     """Whether the server's CapabilityStatement lists the system interaction ``batch``."""
     answer = requests.get(
         f"{fhir_base}/metadata",
-        headers={"Authorization": f"Bearer {token}", "Accept": "application/fhir+json"},
+        headers=_headers(token),
         timeout=bench.TIMEOUT,
     )
     answer.raise_for_status()
@@ -60,62 +63,57 @@ def _pages(http: requests.Session, headers: dict[str, str], url: str | None) -> 
     return pages
 
 
-def batch_read(fhir_base: str, token: str, patient: str) -> int:
-    """The three reads as one batch Bundle, then the searches' further pages in parallel; round trips."""
-    headers = {"Authorization": f"Bearer {token}", "Accept": "application/fhir+json"}
+#: The reads of the record's first step, in the batch's order: the Patient, then the two searches.
+SEARCHED = ("Observation", "Condition")
+
+
+def post_batch(http: requests.Session, fhir_base: str, token: str, patient: str) -> list[dict[str, Any]]:
+    """``POST [base]`` of one batch Bundle holding the Patient read and the two searches; the answer's
+    searchset pages (Observation, Condition), each entry checked to be ``200``."""
     query = f"patient={patient}&_count={bench.PAGE_SIZE}"
+    urls = [f"Patient/{patient}", *(f"{t}?{query}" for t in SEARCHED)]
     bundle = {
         "resourceType": "Bundle",
         "type": "batch",
-        "entry": [
-            {"request": {"method": "GET", "url": f"Patient/{patient}"}},
-            {"request": {"method": "GET", "url": f"Observation?{query}"}},
-            {"request": {"method": "GET", "url": f"Condition?{query}"}},
-        ],
+        "entry": [{"request": {"method": "GET", "url": u}} for u in urls],
     }
+    answer = http.post(
+        fhir_base,
+        data=orjson.dumps(bundle),
+        headers={**_headers(token), "Content-Type": "application/fhir+json"},
+        timeout=bench.TIMEOUT,
+    )
+    answer.raise_for_status()
+    entries = answer.json().get("entry") or []
+    statuses = [str((e.get("response") or {}).get("status", "")) for e in entries]
+    if len(entries) != len(urls) or not all(s.startswith("200") for s in statuses):
+        raise RuntimeError(f"batch answered {statuses}")
+    return [e["resource"] for e in entries[1:]]
+
+
+def batch_read(fhir_base: str, token: str, patient: str) -> int:
+    """The three reads as one batch Bundle, then the searches' further pages in parallel; round trips."""
     with requests.Session() as http:
-        answer = http.post(
-            fhir_base,
-            data=orjson.dumps(bundle),
-            headers={**headers, "Content-Type": "application/fhir+json"},
-            timeout=bench.TIMEOUT,
-        )
-        answer.raise_for_status()
-        entries = answer.json().get("entry") or []
-        statuses = [str((e.get("response") or {}).get("status", "")) for e in entries]
-        if len(entries) != 3 or not all(s.startswith("200") for s in statuses):
-            raise RuntimeError(f"batch answered {statuses}")
-        nexts = [_next_url(e["resource"]) for e in entries[1:]]
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        more = list(pool.map(lambda url: _follow(headers, url), nexts))
+        nexts = [_next_url(page) for page in post_batch(http, fhir_base, token, patient)]
+    with ThreadPoolExecutor(max_workers=len(SEARCHED)) as pool:
+        more = list(pool.map(lambda url: _follow(_headers(token), url), nexts))
     return 1 + sum(more)
 
 
 def batch_shortfall(fhir_base: str, token: str, patient: str) -> str:
     """What the batch answer's searchsets lack against their ``total`` once their ``next`` links are
     followed (untimed, decoding every page): ``""`` when nothing, else e.g. ``Observation 1000 of 3000``."""
-    headers = {"Authorization": f"Bearer {token}", "Accept": "application/fhir+json"}
-    query = f"patient={patient}&_count={bench.PAGE_SIZE}"
-    searches = [{"request": {"method": "GET", "url": f"{t}?{query}"}} for t in ("Observation", "Condition")]
-    bundle = {"resourceType": "Bundle", "type": "batch", "entry": searches}
-    answer = requests.post(
-        fhir_base,
-        data=orjson.dumps(bundle),
-        headers={**headers, "Content-Type": "application/fhir+json"},
-        timeout=bench.TIMEOUT,
-    )
-    answer.raise_for_status()
     short = []
-    for resource_type, entry in zip(("Observation", "Condition"), answer.json()["entry"], strict=True):
-        page = entry["resource"]
-        total, found = page.get("total"), len(page.get("entry") or [])
-        url = _next_url(page)
-        while url:
-            page = requests.get(url, headers=headers, timeout=bench.TIMEOUT).json()
-            found += len(page.get("entry") or [])
+    with requests.Session() as http:
+        for resource_type, page in zip(SEARCHED, post_batch(http, fhir_base, token, patient), strict=True):
+            total, found = page.get("total"), len(page.get("entry") or [])
             url = _next_url(page)
-        if isinstance(total, int) and found < total:
-            short.append(f"{resource_type} {found} of {total}")
+            while url:
+                page = http.get(url, headers=_headers(token), timeout=bench.TIMEOUT).json()
+                found += len(page.get("entry") or [])
+                url = _next_url(page)
+            if isinstance(total, int) and found < total:
+                short.append(f"{resource_type} {found} of {total}")
     return ", ".join(short)
 
 
@@ -126,15 +124,6 @@ def _next_url(page: dict[str, Any]) -> str | None:
 def _follow(headers: dict[str, str], url: str | None) -> int:
     with requests.Session() as http:
         return _pages(http, headers, url)
-
-
-def timed(read: Callable[[], object], runs: int) -> list[float]:
-    out = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        read()
-        out.append(time.perf_counter() - started)
-    return out
 
 
 def compare(table: bench.Table, label: str, ehr: bench.Ehr, patient: str, runs: int) -> None:
