@@ -3,7 +3,9 @@
 - any BLOCK red flag means no procedure suggestion;
 - entered-in-error or refuted resources, and resources about another patient, never change the decision;
 - the order of Bundle entries never changes the JSON;
-- the JSON is byte-stable across runs.
+- the JSON is byte-stable across runs;
+- the decision stages alone (``conclude``, what the review page re-evaluates) give the assessment's
+  classification and next step.
 Inputs are the case-suite records, alone, merged, and with generated noise; hypothesis is derandomized.
 """
 
@@ -20,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from smart_app.clinical import assess, load_bundle
+from smart_app.clinical.engine import conclude
 
 CASES_DIR = Path(__file__).resolve().parent / "cases"
 CASES: list[dict[str, Any]] = [
@@ -193,3 +196,15 @@ def test_json_stable_across_runs() -> None:
         one = json.dumps(assess(load_bundle(data), AS_OF).to_json(), sort_keys=True)
         two = json.dumps(assess(load_bundle(data), AS_OF).to_json(), sort_keys=True)
         assert one == two, case["description"]
+
+
+def test_the_decision_stages_alone_conclude_as_the_assessment_does() -> None:
+    seen = set()
+    for case in CASES:
+        record = load_bundle(bundle_bytes(case["patient"], case["resources"]))
+        for version in ("1.0.0", "1.1.0"):
+            assessment = assess(record, AS_OF, version)
+            concluded = conclude(record, AS_OF, version)
+            assert concluded == (assessment.classification, assessment.next_step), case["description"]
+            seen.add(concluded)
+    assert len({classification for classification, _ in seen}) == len(STEPS)  # every classification

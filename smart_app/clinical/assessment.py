@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
+
+import orjson
 
 TYPE_CHECKING = False  # true for type checkers only: see smart_app/__init__.py
 if TYPE_CHECKING:
@@ -43,31 +44,34 @@ class Assessment:
 
     def to_json(self) -> dict[str, Any]:
         """A fresh JSON-ready dict (callers may mutate it); key order and list order are deterministic."""
-        return copy.deepcopy(
-            {
-                "classification": self.classification,
-                "next_step": self.next_step,
-                "headline": self.headline,
-                "patient": self.patient,
-                "as_of": self.as_of,
-                "criteria": self.criteria,
-                "findings": self.findings,
-                "checklist": self.checklist,
-                "red_flags": self.red_flags,
-                "differentials": self.differentials,
-                "missing": self.missing,
-                "procedure_suggestion": self.procedure_suggestion,
-                "latest_pain": self.latest_pain,
-                "rationale": self.rationale,
-                "opening": self.opening,
-                "summary": self.summary,
-                "ignored": self.ignored,
-                "sources": self.sources,
-                "counts": self.counts,
-                "unavailable": self.unavailable,
-                "preliminary_evidence": self.preliminary_evidence,
-            }
+        fresh: dict[str, Any] = orjson.loads(
+            orjson.dumps(
+                {
+                    "classification": self.classification,
+                    "next_step": self.next_step,
+                    "headline": self.headline,
+                    "patient": self.patient,
+                    "as_of": self.as_of,
+                    "criteria": self.criteria,
+                    "findings": self.findings,
+                    "checklist": self.checklist,
+                    "red_flags": self.red_flags,
+                    "differentials": self.differentials,
+                    "missing": self.missing,
+                    "procedure_suggestion": self.procedure_suggestion,
+                    "latest_pain": self.latest_pain,
+                    "rationale": self.rationale,
+                    "opening": self.opening,
+                    "summary": self.summary,
+                    "ignored": self.ignored,
+                    "sources": self.sources,
+                    "counts": self.counts,
+                    "unavailable": self.unavailable,
+                    "preliminary_evidence": self.preliminary_evidence,
+                }
+            )
         )
+        return fresh
 
     @property
     def blocked(self) -> bool:

@@ -100,11 +100,35 @@ def assess(
     as_of = _utc(as_of)
     criteria = criteria_for(criteria_version, registry)
     with fj.gc_paused():
-        extractor = Extractor(as_of, criteria)
-        for res in record.resources:
-            extractor.feed(res)
-        count = extractor.count + record.unmatched
-        return evaluate(criteria, extractor.finish(record), record, as_of, count, operators)
+        facts, count = _extract(record, as_of, criteria)
+        return evaluate(criteria, facts, record, as_of, count, operators)
+
+
+def conclude(
+    record: PatientRecord,
+    as_of: datetime,
+    criteria_version: str | None = None,
+    *,
+    registry: CriteriaRegistry | None = None,
+    operators: Mapping[str, Operator] = OPERATORS,
+) -> tuple[str, str]:
+    """The classification and next step :func:`assess` gives ``record``, without its explanation: the
+    decision stages alone, for re-evaluating a record many times (:mod:`smart_app.clinical.whatif`)."""
+    as_of = _utc(as_of)
+    criteria = criteria_for(criteria_version, registry)
+    with fj.gc_paused():
+        facts, _ = _extract(record, as_of, criteria)
+        ctx = Context(criteria=criteria, facts=facts, record=record, as_of=as_of, operators=operators)
+        decision = _decide(ctx)
+        return decision.classification, decision.next_step
+
+
+def _extract(record: PatientRecord, as_of: datetime, criteria: Criteria) -> tuple[Facts, int]:
+    """The facts of ``record`` and the number of resources it holds."""
+    extractor = Extractor(as_of, criteria)
+    for res in record.resources:
+        extractor.feed(res)
+    return extractor.finish(record), extractor.count + record.unmatched
 
 
 def assess_bundle(
@@ -145,41 +169,12 @@ def evaluate(
     """Run the criteria over extracted facts, stage by stage, and explain the conclusion."""
     ctx = Context(criteria=criteria, facts=facts, record=record, as_of=as_of, operators=operators)
     data = criteria.data
-
-    for spec in criteria.findings:
-        result = ctx.run(spec["rule"], spec)
-        if not isinstance(result, FindingResult):
-            raise CriteriaError(f"finding {spec['id']}: {spec['rule']!r} is not a finding rule")
-        ctx.findings[spec["id"]] = _honour_unavailable(ctx, spec, result)
-    pain = ctx.run("pain_score", data["pain"])
-    ctx.pain = pain.pain if isinstance(pain, PainResult) else None
-    for spec in data["red_flags"]:
-        flag = ctx.run(spec.get("rule", "coded"), spec)
-        if not isinstance(flag, FlagResult):
-            raise CriteriaError(f"red flag {spec['id']}: {spec.get('rule', 'coded')!r} is not a flag rule")
-        if flag.raised:
-            ctx.flags.append(flag)
-    ctx.flags.sort(key=lambda f: (f.level != "block", f.id))
+    decision = _decide(ctx)
+    classification, next_step = decision.classification, decision.next_step
+    rule_spec, outcome = decision.rule, decision.outcome
+    ladder_spec, ladder_outcome = decision.ladder_step, decision.ladder_outcome
+    screen, withheld, trace = decision.screen, decision.withheld, decision.trace
     differentials = _differentials(ctx)
-
-    trace: list[dict[str, Any]] = []
-    classification, rule_spec, outcome = _classify(ctx, trace)
-    next_step, ladder_spec, ladder_outcome = _next_step(ctx, rule_spec, trace)
-    screen = _screen_unread(ctx)
-    withheld: str | None = None
-    if screen and next_step in data["suggestions"] and not any(f.level == "block" for f in ctx.flags):
-        withheld, next_step = next_step, str(ctx.dependencies["red_flags"]["step_instead"])
-        trace.append(
-            {
-                "stage": "next_step",
-                "rule": "red-flag-screen-incomplete",
-                "op": "unavailable",
-                "value": True,
-                "detail": f"{withheld} withheld, not read: {ctx.unread_text(screen)}",
-                "evidence": [],
-                "criteria": ctx.criteria.version,
-            }
-        )
     inputs = _unread_inputs(ctx) if isinstance(rule_spec["next_step"], dict) else []
 
     used: set[str] = set()
@@ -270,6 +265,64 @@ def evaluate(
         ],
         preliminary_evidence=preliminary,
         trace=tuple(trace),
+    )
+
+
+@dataclass(frozen=True)
+class _Decision:
+    """What the decision stages concluded, with the rules and outcomes that decided it."""
+
+    classification: str
+    next_step: str
+    rule: Mapping[str, Any]
+    outcome: Outcome
+    ladder_step: Mapping[str, Any] | None
+    ladder_outcome: Outcome | None
+    screen: tuple[str, ...]  # the red-flag screen's unread types
+    withheld: str | None  # a suggestion withheld because the screen is incomplete
+    trace: list[dict[str, Any]]
+
+
+def _decide(ctx: Context) -> _Decision:
+    """Run the decision stages (docs/clinical-criteria.md#classification): findings, the pain score and
+    red flags into ``ctx``, then the classification and the next step, a suggestion withheld when the
+    red-flag screen could not be read."""
+    data = ctx.criteria.data
+    for spec in ctx.criteria.findings:
+        result = ctx.run(spec["rule"], spec)
+        if not isinstance(result, FindingResult):
+            raise CriteriaError(f"finding {spec['id']}: {spec['rule']!r} is not a finding rule")
+        ctx.findings[spec["id"]] = _honour_unavailable(ctx, spec, result)
+    pain = ctx.run("pain_score", data["pain"])
+    ctx.pain = pain.pain if isinstance(pain, PainResult) else None
+    for spec in data["red_flags"]:
+        flag = ctx.run(spec.get("rule", "coded"), spec)
+        if not isinstance(flag, FlagResult):
+            raise CriteriaError(f"red flag {spec['id']}: {spec.get('rule', 'coded')!r} is not a flag rule")
+        if flag.raised:
+            ctx.flags.append(flag)
+    ctx.flags.sort(key=lambda f: (f.level != "block", f.id))
+
+    trace: list[dict[str, Any]] = []
+    classification, rule_spec, outcome = _classify(ctx, trace)
+    next_step, ladder_spec, ladder_outcome = _next_step(ctx, rule_spec, trace)
+    screen = _screen_unread(ctx)
+    withheld: str | None = None
+    if screen and next_step in data["suggestions"] and not any(f.level == "block" for f in ctx.flags):
+        withheld, next_step = next_step, str(ctx.dependencies["red_flags"]["step_instead"])
+        trace.append(
+            {
+                "stage": "next_step",
+                "rule": "red-flag-screen-incomplete",
+                "op": "unavailable",
+                "value": True,
+                "detail": f"{withheld} withheld, not read: {ctx.unread_text(screen)}",
+                "evidence": [],
+                "criteria": ctx.criteria.version,
+            }
+        )
+    return _Decision(
+        classification, next_step, rule_spec, outcome, ladder_spec, ladder_outcome, screen, withheld, trace
     )
 
 

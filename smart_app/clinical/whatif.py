@@ -9,10 +9,11 @@ read and found empty), at the evaluation time, coded as the release reads it
 (:mod:`smart_app.clinical.recording`); an item is kept as soon as one value changes the classification or
 the next step. Nothing is listed from a table.
 
-Pure: the record and the assessment in, the decisive items out. Each hypothesis is one evaluation of the
-resources the assessment cites (the others decided nothing), or of the whole record when those alone do
-not give the same conclusion and the record is small (at most :data:`MAX_WHOLE_RECORD` resources); for a
-larger record every item is then kept, untested, rather than evaluating it many times over.
+Pure: the record and the assessment in, the decisive items out. Each hypothesis is one evaluation of
+the decision stages alone (:func:`~smart_app.clinical.engine.conclude`) over the resources the
+assessment cites (the others decided nothing), or over the whole record when those alone do not give
+the same conclusion and the record is small (at most :data:`MAX_WHOLE_RECORD` resources); for a larger
+record every item is then kept, untested, rather than evaluating it many times over.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 
 from smart_app import fhirjson as fj
 from smart_app.clinical.criteria import Criteria, CriteriaRegistry
-from smart_app.clinical.engine import assess, criteria_for
+from smart_app.clinical.engine import conclude, criteria_for
 from smart_app.clinical.record import PatientRecord
 from smart_app.clinical.recording import (
     ABSENT,
@@ -83,8 +84,7 @@ def decisive_missing(
     conclusion = (str(assessment["classification"]), str(assessment["next_step"]))
 
     def evaluate(trial: PatientRecord) -> tuple[str, str]:
-        result = assess(trial, as_of, criteria.version, registry=registry)
-        return result.classification, result.next_step
+        return conclude(trial, as_of, criteria.version, registry=registry)
 
     base = cited_record(record, assessment)
     if evaluate(base) != conclusion:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 #: ALM, LRM, RLM, LRE, RLE, PDF, LRO, RLO, LRI, RLI, FSI, PDI (UAX #9 "Explicit Directional Formatting
 #: Characters" and the implicit marks).
@@ -46,9 +46,11 @@ def ehr_text(value: Any, limit: int = DEFAULT_LIMIT) -> Markup:
     """The Jinja filter ``ehr``: cleaned text isolated in ``<bdi>``, cut at ``limit`` characters."""
     text = clean_text(value)
     if len(text) <= limit:
-        return Markup('<bdi dir="auto">{}</bdi>').format(text)
+        return Markup(f'<bdi dir="auto">{escape(text)}</bdi>')
     whole = text if len(text) <= MAX_TITLE else text[:MAX_TITLE] + "…"
-    return Markup('<bdi dir="auto" class="ehr-cut" title="{}">{}…</bdi>').format(whole, text[:limit].rstrip())
+    return Markup(
+        f'<bdi dir="auto" class="ehr-cut" title="{escape(whole)}">{escape(text[:limit].rstrip())}…</bdi>'
+    )
 
 
 def ehr_json(value: Any) -> str:
