@@ -271,11 +271,15 @@ def read_peak_bytes(ehr: Ehr, patient: str) -> int:
 
     with FhirClient(ehr.fhir_base, token=ehr.reader) as client:
         # a first read loads the criteria release and its terminology, which a worker keeps
-        pipeline.read_and_assess(client, patient, lambda _type: True, as_of=datetime.now(UTC))
+        pipeline.read_and_assess(
+            client, patient, lambda _type: True, as_of=datetime.now(UTC), batch_reads=True
+        )
         gc.collect()
         tracemalloc.start()
         try:
-            pipeline.read_and_assess(client, patient, lambda _type: True, as_of=datetime.now(UTC))
+            pipeline.read_and_assess(
+                client, patient, lambda _type: True, as_of=datetime.now(UTC), batch_reads=True
+            )
             return tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()

@@ -44,6 +44,9 @@ DEFAULTS: dict[str, Any] = {
     "FHIR_TIMEOUT": [3.05, 30.0],
     "FHIR_MAX_RETRIES": 3,
     "FHIR_PAGE_SIZE": 1000,
+    # "auto": a review's reads go as one batch Bundle where the server's CapabilityStatement offers
+    # batch (what the batch does not answer whole is read on its own); "never": always one by one.
+    "FHIR_BATCH_READS": "auto",
     # Budgets of one launch's reads of the record: every request, page, retry and Retry-After wait
     # within this many seconds in all, and each answer at most this many bytes once decompressed. What
     # is cut short is shown as not read and the criteria treat it as unknown.
@@ -88,6 +91,8 @@ def check_config(config: dict[str, Any], *, debug: bool, testing: bool) -> None:
         )
     if str(config.get("FOREIGN_AUTH_ENDPOINTS", "warn")).lower() not in ("warn", "refuse"):
         raise ConfigError("SMART_APP_FOREIGN_AUTH_ENDPOINTS must be warn or refuse.")
+    if config.get("FHIR_BATCH_READS", "auto") not in ("auto", "never"):
+        raise ConfigError("SMART_APP_FHIR_BATCH_READS must be auto or never.")
     public = urlsplit(str(config.get("PUBLIC_URL", "")))
     host = (public.hostname or "").lower()
     local = host in LOCAL_HOSTS or host.endswith(".localhost") or host.startswith("127.")

@@ -118,6 +118,7 @@ def read_and_assess(
     extra_resources: Sequence[dict[str, Any]] = (),
     page_size: int | None = None,
     budget: ReadBudget | None = None,
+    batch_reads: bool = False,
 ) -> tuple[FetchResult, dict[str, Any] | None]:
     """Read what decides about the patient and assess it: the Assessment JSON (``None`` when the
     Patient could not be read) is the one reading every type would give, within one ``budget`` for
@@ -129,6 +130,10 @@ def read_and_assess(
     2. When the classification leads to the treatment ladder, the types still not needed are read and
        the record assessed again.
 
+    With ``batch_reads``, each step's reads go as one batch Bundle when the server's CapabilityStatement
+    offers ``batch`` (:mod:`smart_app.fhir.capability`; what the batch does not answer whole is read on
+    its own, :mod:`smart_app.fhir.record`).
+
     Each resource of the launched patient (``subject`` ``Patient/<id>``) that can only be counted is set
     aside as it is decoded. When the server answers the Patient read with another Patient (a redirect
     after a merge), those would be another patient's, reported one by one: the record is then read again
@@ -137,6 +142,7 @@ def read_and_assess(
     from smart_app.clinical.engine import criteria_for, leads_to_ladder, read_plan
     from smart_app.clinical.facts import Sieve
     from smart_app.fhir.budget import ReadBudget
+    from smart_app.fhir.capability import batch_offered
     from smart_app.fhir.record import (
         DEFAULT_PAGE_SIZE,
         SCOPE_NOT_GRANTED,
@@ -159,18 +165,28 @@ def read_and_assess(
 
     size = page_size or DEFAULT_PAGE_SIZE
     with client.budget(budget or ReadBudget()):
-        fetched = fetch_patient_record(client, patient_id, readable, types=first, keep=keep, page_size=size)
+        batch = batch_reads and batch_offered(client)
+        fetched = fetch_patient_record(
+            client, patient_id, readable, types=first, keep=keep, page_size=size, batch=batch
+        )
         fetched.skipped += [(t, SCOPE_NOT_GRANTED) for t in later if not readable(t)]
         fetched.not_needed = [t for t in later if readable(t)]
         if fetched.patient is None:
             return fetched, None
         if fetched.unmatched and not record(fetched).subject_matches(subject):
-            fetched = fetch_patient_record(client, patient_id, readable, page_size=size)
+            fetched = fetch_patient_record(client, patient_id, readable, page_size=size, batch=batch)
         assessment = assess(record(fetched), as_of, criteria.version)
         if fetched.not_needed and leads_to_ladder(criteria, assessment.classification):
             later_types = fetched.not_needed
             more = fetch_patient_record(
-                client, patient_id, readable, types=later_types, read_patient=False, keep=keep, page_size=size
+                client,
+                patient_id,
+                readable,
+                types=later_types,
+                read_patient=False,
+                keep=keep,
+                page_size=size,
+                batch=batch,
             )
             fetched = fetched.then(more, covered=later_types)
             assessment = assess(record(fetched), as_of, criteria.version)
@@ -191,9 +207,11 @@ def review_patient(
     criteria_version: str | None = None,
     page_size: int | None = None,
     budget: ReadBudget | None = None,
+    batch_reads: bool = False,
 ) -> Review:
-    """Read the patient's record over FHIR within ``budget`` (default: :class:`ReadBudget`'s), assess it
-    and draft the write-back.
+    """Read the patient's record over FHIR within ``budget`` (default: :class:`ReadBudget`'s), by batch
+    where the server offers it and ``batch_reads`` allows (:func:`read_and_assess`), assess it and
+    draft the write-back.
 
     ``extra_resources`` are added to what was read: an exam recorded in this session but not saved.
     """
@@ -209,6 +227,7 @@ def review_patient(
         extra_resources=extra_resources,
         page_size=page_size,
         budget=budget,
+        batch_reads=batch_reads,
     )
     if assessment is None:
         return Review(

@@ -20,7 +20,8 @@ target with :meth:`HostileEhr.set`; each one changes what one kind of request ge
 - ``redirect``: a redirect to ``location``;
 - ``body``: any fixed answer (``status``, ``headers``, ``body``), e.g. a 300 MB style.
 
-Targets: a FHIR resource type (reads and searches of it), ``transaction``, ``create`` (any type) or
+Targets: a FHIR resource type (reads and searches of it, one by one), ``batch`` (a batch Bundle posted to
+the base: the app's reads where the EHR offers batches), ``transaction``, ``create`` (any type) or
 ``create:<type>``,
 ``fhir`` (any FHIR request), ``discovery`` (``.well-known/smart-configuration``), ``metadata`` (the
 CapabilityStatement), ``token``, ``style`` (``/smart-style.json``).
@@ -46,6 +47,7 @@ from typing import Any
 import requests
 
 from launch.stack import write_registration
+from smart_app.fhir import capability
 from tests.servers import SCOPES, Server, bind
 
 PATIENT = "jkowalski"
@@ -161,7 +163,10 @@ class HostileEhr:
         method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
         with self._lock:
             self.seen.append(Seen(method, path, bool(environ.get("HTTP_AUTHORIZATION"))))
-        fault = self._take(_targets(method, path))
+        targets = _targets(method, path)
+        if "transaction" in targets and _bundle_type(environ) == "batch":
+            targets = ["batch", "fhir"]
+        fault = self._take(targets)
         if fault is None:
             return self.app(environ, start_response)
         kind = fault["kind"]
@@ -265,6 +270,17 @@ class HostileEhr:
 
 
 _TYPE_PATH = re.compile(r"^/fhir/([A-Z][A-Za-z]+)(/[^/]+)?/?$")
+
+
+def _bundle_type(environ: Environ) -> str | None:
+    """The ``type`` of the Bundle posted to the base; the body is put back for the sandbox."""
+    body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+    environ["wsgi.input"] = io.BytesIO(body)
+    try:
+        kind = json.loads(body).get("type")
+    except (ValueError, AttributeError):
+        return None
+    return kind if isinstance(kind, str) else None
 
 
 def _targets(method: str, path: str) -> list[str]:
@@ -419,6 +435,7 @@ class HostileStack:
         self.app.config.update(self.app_defaults)
         self.app.extensions.pop("smart_app.style_cache", None)
         self.app.extensions.get("smart_app.smart", {}).pop("discovery", None)  # discovery asked afresh
+        capability.forget()  # and the CapabilityStatement
 
     app_defaults: dict[str, Any] = field(default_factory=dict)
     audit_mark: int = 0
@@ -521,6 +538,10 @@ def start_hostile(
         "FHIR_TIMEOUT": [2.0, 1.5],
         "FHIR_MAX_RETRIES": 3,
         "STYLE_BUDGET_SECONDS": 1.0,
+        # The catalogue's faults on a resource type break its reads one by one, which is also how the
+        # app reads whatever a batch did not answer; faults on a batch are entries of their own, with
+        # batches on (tests/test_hostile_batch.py).
+        "FHIR_BATCH_READS": "never",
     }
     app = create_app(
         {

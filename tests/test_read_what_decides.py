@@ -11,7 +11,11 @@ holding a generated record, these properties are checked for both criteria relea
 - the two steps: the launch's read gives the Assessment of a read of every type; when the
   classification does not lead to the ladder, it is the Assessment of the record without the types left
   unread (their own ``ignored`` lines and counts are all that differ), its decision is the full read's,
-  and it cost the Patient read and the Observation and Condition pages only.
+  and it cost the Patient read and the Observation and Condition pages only;
+- a batch: reading by batch Bundle gives what reading one by one gives (resources, counts, failures and
+  Assessment), whether the server's batch searchsets keep their paging links, drop them and give their
+  ``total`` (as some servers do), or give neither; only a search that failed or holds a page or more
+  is then sent on its own.
 
 Records: a case of the clinical case suite (red flags, neurological deficits, the ladder's inputs) with
 generated resources added: codes drawn from every ValueSet of the release and from outside them, in
@@ -31,6 +35,7 @@ import re
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -43,7 +48,7 @@ from smart_app import pipeline
 from smart_app.clinical import assess
 from smart_app.clinical.engine import ReadPlan, criteria_for, leads_to_ladder, read_plan
 from smart_app.clinical.facts import READ_TYPES, Sieve
-from smart_app.fhir import FetchResult, FhirClient, fetch_patient_record
+from smart_app.fhir import FetchResult, FhirClient, capability, fetch_patient_record
 
 BASE = "http://ehr.test/fhir"
 PID = "p1"
@@ -186,6 +191,7 @@ class RecordServer:
         self.resources = resources
         self.fail = fail
         self.requests: list[str] = []
+        self.batch_paging = "links"
 
     def answer(self, request: Any) -> tuple[int, dict[str, str], str]:
         parts = urlsplit(request.url)
@@ -197,6 +203,10 @@ class RecordServer:
             return 500, headers, json.dumps({"resourceType": "OperationOutcome", "issue": [issue]})
         if path == ["Patient", PID]:
             return 200, headers, json.dumps(self.patient)
+        if path == ["metadata"]:
+            rest = {"mode": "server", "interaction": [{"code": "batch"}]}
+            statement = {"resourceType": "CapabilityStatement", "status": "active", "rest": [rest]}
+            return 200, headers, json.dumps(statement)
         query = parse_qs(parts.query)
         assert query["patient"] == [PID]
         count, offset = int(query["_count"][0]), int(query.get("_offset", ["0"])[0])
@@ -211,6 +221,25 @@ class RecordServer:
             page["link"] = [{"relation": "next", "url": url}]
         return 200, headers, json.dumps(page)
 
+    def answer_batch(self, request: Any) -> tuple[int, dict[str, str], str]:
+        """A batch Bundle of GETs (FHIR R4 http.html#transaction), each entry answered as a GET is, its
+        searchsets' paging as ``batch_paging`` says: ``"links"`` kept, ``"dropped"`` (the first page, its
+        ``total``, no ``next`` link, as some servers answer) or ``"bare"`` (no link, no total)."""
+        self.requests.append("POST " + urlsplit(request.url).path)
+        entries = []
+        for entry in json.loads(request.body)["entry"]:
+            status, _, body = self.answer(SimpleNamespace(url=f"{BASE}/{entry['request']['url']}"))
+            self.requests.pop()
+            resource = json.loads(body)
+            if resource["resourceType"] == "Bundle" and self.batch_paging != "links":
+                resource.pop("link", None)
+                if self.batch_paging == "dropped":
+                    kind = entry["request"]["url"].split("?")[0]
+                    resource["total"] = sum(r["resourceType"] == kind for r in self.resources)
+            entries.append({"resource": resource, "response": {"status": f"{status} OK"}})
+        answer = {"resourceType": "Bundle", "type": "batch-response", "entry": entries}
+        return 200, {"Content-Type": "application/fhir+json"}, json.dumps(answer)
+
     def pages(self, resource_type: str) -> int:
         return max(1, math.ceil(sum(r["resourceType"] == resource_type for r in self.resources) / PAGE))
 
@@ -223,6 +252,7 @@ def serve() -> Iterator[Any]:
         rsps.add_callback(
             responses.GET, re.compile(re.escape(BASE) + r"/.*"), callback=lambda r: current[-1].answer(r)
         )
+        rsps.add_callback(responses.POST, BASE, callback=lambda r: current[-1].answer_batch(r))
 
         def start(patient: dict[str, Any], resources: list[dict[str, Any]], fail: set[str]) -> RecordServer:
             current.append(RecordServer(patient, resources, fail))
@@ -317,6 +347,47 @@ def test_reading_in_two_steps_gives_the_full_reads_assessment(
     ]
     if not fail:
         assert sorted(server.requests) == sorted(asked)
+
+
+@SETTINGS
+@given(
+    st.sampled_from(RELEASES),
+    records(),
+    unreadable_st,
+    fail_st,
+    st.sampled_from(["links", "dropped", "bare"]),
+)
+def test_a_batch_read_gives_what_reading_one_by_one_gives(
+    serve: Any, version: str, record: Any, unreadable: set[str], fail: set[str], batch_paging: str
+) -> None:
+    patient, resources = record
+    server = serve(patient, resources, fail)
+    server.batch_paging = batch_paging
+    readable = lambda resource_type: resource_type not in unreadable  # noqa: E731
+
+    def read(batch: bool) -> tuple[FetchResult, dict[str, Any] | None]:
+        return pipeline.read_and_assess(
+            client(), PID, readable, as_of=AS_OF, criteria_version=version, page_size=PAGE, batch_reads=batch
+        )
+
+    one_by_one, expected = read(batch=False)
+    capability.forget()
+    server.requests.clear()
+    batched, assessment = read(batch=True)
+    assert bytes_of(assessment) == bytes_of(expected)
+    assert batched.resources == one_by_one.resources
+    assert batched.unmatched == one_by_one.unmatched
+    assert (batched.counts, batched.failures, batched.skipped) == (
+        one_by_one.counts,
+        one_by_one.failures,
+        one_by_one.skipped,
+    )
+    assert server.requests[:2] == ["/fhir/metadata", "POST /fhir"]
+    # a search is sent on its own only when the batch could not answer it whole: it failed, or it
+    # holds a page or more (the batch asked for a page)
+    searched_alone = {path.split("/")[2] for path in server.requests[2:] if not path.startswith("POST")}
+    for resource_type in searched_alone - fail:
+        assert sum(r["resourceType"] == resource_type for r in resources) >= PAGE, resource_type
 
 
 def test_the_read_plan_comes_from_the_criteria_data() -> None:

@@ -93,6 +93,18 @@ class WriteResult:
 
 
 @dataclass(frozen=True)
+class Searchset(Generic[T]):
+    """One searchset Bundle already decoded (the answer to a search inside a batch): ``take`` of each
+    matched resource, its ``next`` link, its ``total`` (when a non-negative integer) and the notes on
+    entries skipped."""
+
+    items: list[T]
+    next_url: str | None
+    total: int | None
+    notes: list[str]
+
+
+@dataclass(frozen=True)
 class _Answer:
     """One HTTP answer, its body read whole within the budgets."""
 
@@ -378,6 +390,31 @@ class FhirClient:
             )
         return statement
 
+    def batch_get(self, urls: Sequence[str]) -> list[tuple[str, Any]]:
+        """FHIR R4 http.html#transaction, a batch of reads: one ``POST [base]`` of a ``batch`` Bundle
+        whose entries ``GET`` each of ``urls`` (relative to the base, e.g. ``Observation?patient=1``);
+        the answer to each, in the order asked (http.html#brules: the response entries follow the
+        request entries), as ``(response.status, resource)``. Raises a FhirError when the batch as a
+        whole fails; a failed entry is only its status. Never retried."""
+        bundle = {
+            "resourceType": "Bundle",
+            "type": "batch",
+            "entry": [{"request": {"method": "GET", "url": url}} for url in urls],
+        }
+        result = self.transaction(bundle)
+        return [(str(entry["response"]["status"]), entry.get("resource")) for entry in result["entry"]]
+
+    def searchset(self, bundle: Any, resource_type: str, take: Callable[[dict[str, Any]], T]) -> Searchset[T]:
+        """A searchset Bundle of ``resource_type`` read as a search page is (:meth:`search_each`):
+        ``take`` of each matched resource. Raises FhirMalformedResponse when it is no Bundle."""
+        entries, next_url = self._parse_search_bundle(bundle, resource_type, 200)
+        sorter = _EntrySorter(resource_type, take)
+        for entry in entries:
+            sorter.add(entry)
+        total = bundle.get("total")
+        counted = total if isinstance(total, int) and not isinstance(total, bool) and total >= 0 else None
+        return Searchset(sorter.items, next_url, counted, sorter.notes())
+
     def transaction(self, bundle: dict[str, Any]) -> dict[str, Any]:
         """FHIR R4 http.html#transaction: ``POST [base]`` with a transaction (or batch) Bundle; the
         answer must be the matching ``transaction-response`` (``batch-response``) with one entry per
@@ -412,7 +449,8 @@ class FhirClient:
                 status=response.status,
             )
         for index, entry in enumerate(entries):
-            status = entry.get("response", {}).get("status") if isinstance(entry, dict) else None
+            answer = entry.get("response") if isinstance(entry, dict) else None
+            status = answer.get("status") if isinstance(answer, dict) else None
             if not isinstance(status, str) or not status.strip():
                 raise FhirMalformedResponse(
                     f"{kind}: response entry {index} has no response.status", status=response.status

@@ -12,6 +12,13 @@ unknown. Which types to ask for, and in how many steps, is the caller's (``smart
 Pages are decoded one entry at a time; a ``keep`` predicate may set a resource aside as it is decoded
 (it is counted, never held), so a record of 10,000 heart rates costs one page of memory, not ten.
 
+Where the server takes batch Bundles (``batch``, :mod:`smart_app.fhir.capability`), the first reads go
+as one batch (FHIR R4 http.html#transaction): the Patient read and each search, asking for at most
+:data:`BATCH_COUNT` entries. A search the batch answers whole is taken from it; one it does not (a
+``next`` link, as many entries as asked or fewer than its ``total``: some servers drop the paging links
+of a batch's searchsets), a failed entry, or every read when the batch itself fails, is sent on its own
+as above, so a batch never loses or repeats what the separate reads would give.
+
 No server-side narrowing is used: ``code`` would need every code of every criteria ValueSet, prefix
 rules (ICD-10-CM ``is-a``) included, and could not return what the criteria report as malformed or
 uncoded; ``_elements`` and ``_summary`` are optional for servers and may drop what a rule reads (a
@@ -21,17 +28,21 @@ findings. Each would lose evidence the criteria read.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from smart_app.fhir.budget import ReadBudget
+from smart_app.fhir.capability import batch_failed
 from smart_app.fhir.client import FhirClient
 from smart_app.fhir.errors import FhirCutShort, FhirError, FhirUnauthorized
+
+logger = logging.getLogger("smart_app.fhir")
 
 #: Searched in this order; the result keeps it, so output is deterministic.
 SEARCH_TYPES: tuple[str, ...] = (
@@ -42,8 +53,12 @@ SEARCH_TYPES: tuple[str, ...] = (
     "MedicationRequest",
 )
 SCOPE_NOT_GRANTED = "scope not granted"
+T = TypeVar("T")
 #: Entries asked for per search page (``_count``); the ``FHIR_PAGE_SIZE`` setting overrides it.
 DEFAULT_PAGE_SIZE = 1000
+#: Entries a search inside a batch asks for (``_count``): a batch answer is decoded whole, so it stays
+#: small; a type with more is read by its own search, streamed page by page.
+BATCH_COUNT = 100
 
 
 @dataclass(frozen=True)
@@ -109,10 +124,13 @@ def fetch_patient_record(
     keep: Callable[[dict[str, Any]], bool] | None = None,
     page_size: int = DEFAULT_PAGE_SIZE,
     budget: ReadBudget | None = None,
+    batch: bool = False,
 ) -> FetchResult:
     """Read the Patient (unless ``read_patient`` is false) and search ``types`` for its resources in
     parallel (threads of the process's read pool), all within ``budget`` when given (one deadline for
-    every request, a size cap per answer).
+    every request, a size cap per answer). With ``batch`` (the server takes batch Bundles), they are
+    first asked for in one batch, and what it does not answer whole is read on its own (module
+    docstring).
 
     ``keep``, when given, is asked about each resource of a searched type as its page is decoded: one it
     refuses is counted (``counts``, ``unmatched``) but not kept, and is never held with the rest. It must
@@ -137,25 +155,34 @@ def fetch_patient_record(
     params = {"patient": patient_id, "_count": str(page_size)}
     notes_by_type: dict[str, list[str]] = {resource_type: [] for resource_type in search_types}
     with client.budget(budget) if budget is not None else nullcontext():
+        answered = (
+            _read_batch(client, patient_id, read_patient, search_types, keep, page_size, notes_by_type)
+            if batch and (read_patient or search_types)
+            else _Batched()
+        )
         pool = _pool()
-        patient_future: Future[dict[str, Any]] | None = (
-            pool.submit(client.read, "Patient", patient_id) if read_patient else None
+        patient_future: Future[dict[str, Any] | None] = (
+            _done(answered.patient)
+            if answered.patient is not None or not read_patient
+            else pool.submit(client.read, "Patient", patient_id)
         )
         search_futures: dict[str, Future[list[dict[str, Any] | str]]] = {
-            resource_type: pool.submit(
-                _search, client, resource_type, params, keep, notes_by_type[resource_type]
+            resource_type: (
+                _done(answered.searches[resource_type])
+                if resource_type in answered.searches
+                else pool.submit(_search, client, resource_type, params, keep, notes_by_type[resource_type])
             )
             for resource_type in search_types
         }
-        running: list[Future[Any]] = [*search_futures.values()]
-        wait([*running, patient_future] if patient_future is not None else running)
+        running: list[Future[Any]] = [*search_futures.values(), patient_future]
+        wait(running)
 
     failures: list[ReadFailure] = []
     unauthorized: list[FhirUnauthorized] = []
     attempted = 0
 
     patient: dict[str, Any] | None = None
-    if patient_future is not None:
+    if read_patient:
         attempted += 1
         try:
             patient = patient_future.result()
@@ -232,8 +259,16 @@ def _search(
     keep: Callable[[dict[str, Any]], bool] | None,
     notes: list[str],
 ) -> list[dict[str, Any] | str]:
-    """Every page of one search: each resource, or the id of one ``keep`` set aside (only a resource of
-    the searched type with an id is offered to ``keep``, so the id names it)."""
+    """Every page of one search: each resource, or the id of one ``keep`` set aside."""
+    return list(client.search_each(resource_type, params, _taker(resource_type, keep), notes=notes))
+
+
+def _taker(
+    resource_type: str, keep: Callable[[dict[str, Any]], bool] | None
+) -> Callable[[dict[str, Any]], dict[str, Any] | str]:
+    """What a search of ``resource_type`` keeps of each resource: the resource, or the id of one ``keep``
+    sets aside (only a resource of the searched type with an id is offered to ``keep``, so the id
+    names it)."""
 
     def take(resource: dict[str, Any]) -> dict[str, Any] | str:
         if keep is None or resource.get("resourceType") != resource_type:
@@ -243,7 +278,73 @@ def _search(
             return resource
         return resource_id
 
-    return list(client.search_each(resource_type, params, take, notes=notes))
+    return take
+
+
+@dataclass
+class _Batched:
+    """What a batch answered whole: the Patient, and the results of the searches it holds complete."""
+
+    patient: dict[str, Any] | None = None
+    searches: dict[str, list[dict[str, Any] | str]] = field(default_factory=dict)
+
+
+def _read_batch(
+    client: FhirClient,
+    patient_id: str,
+    read_patient: bool,
+    search_types: Sequence[str],
+    keep: Callable[[dict[str, Any]], bool] | None,
+    page_size: int,
+    notes_by_type: dict[str, list[str]],
+) -> _Batched:
+    """The Patient read and the searches of ``search_types`` as one batch; what it answered whole (module
+    docstring). Nothing when the batch fails: every read is then sent on its own."""
+    count = min(page_size, BATCH_COUNT)
+    urls = [f"Patient/{patient_id}"] if read_patient else []
+    urls += [f"{resource_type}?patient={patient_id}&_count={count}" for resource_type in search_types]
+    try:
+        answers = client.batch_get(urls)
+    except FhirError as exc:
+        logger.warning("FHIR batch read failed (%s); each read is sent on its own", exc.message)
+        batch_failed(client.base_url, exc)
+        return _Batched()
+    batched = _Batched()
+    if read_patient:
+        status, resource = answers.pop(0)
+        if (
+            status.startswith("2")
+            and isinstance(resource, dict)
+            and resource.get("resourceType") == "Patient"
+        ):
+            batched.patient = resource
+        else:
+            logger.info("FHIR Patient read in a batch answered %s; sent on its own", status[:40])
+    for resource_type, (status, resource) in zip(search_types, answers, strict=True):
+        if not status.startswith("2"):
+            logger.info("FHIR %s search in a batch answered %s; sent on its own", resource_type, status[:40])
+            continue
+        try:
+            found = client.searchset(resource, resource_type, _taker(resource_type, keep))
+        except FhirError as exc:
+            logger.info("FHIR %s search in a batch: %s; sent on its own", resource_type, exc.message)
+            continue
+        whole = found.next_url is None and (
+            len(found.items) == found.total if found.total is not None else len(found.items) < count
+        )
+        if not whole:
+            logger.info("FHIR %s search: the batch did not answer it whole; sent on its own", resource_type)
+            continue
+        batched.searches[resource_type] = found.items
+        notes_by_type[resource_type].extend(found.notes)
+    return batched
+
+
+def _done(value: T) -> Future[T]:
+    """A future already holding ``value``."""
+    future: Future[T] = Future()
+    future.set_result(value)
+    return future
 
 
 def _record_failure(

@@ -124,6 +124,7 @@ def run_review(launch: Launch, as_of: datetime | None = None) -> tuple[pipeline.
         extra_resources=extra,
         page_size=int(current_app.config.get("FHIR_PAGE_SIZE", DEFAULT_PAGE_SIZE)),
         budget=read_budget(),
+        batch_reads=current_app.config.get("FHIR_BATCH_READS", "auto") == "auto",
     )
     return review, [*review.fetch.resources, *extra] if review.fetch.patient is not None else []
 
