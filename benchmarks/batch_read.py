@@ -1,11 +1,13 @@
-"""Should the app read a patient's record with one batch Bundle where the server offers it (issue "Speed
-and scale", item 1)? This measures it, on the same stack as ``make bench`` (``benchmarks/bench.py``).
+"""Is one batch Bundle faster than separate reads for a patient's record (issue "Speed and scale", item
+1: a batch where the CapabilityStatement offers it and it measures faster)? The app reads by batch where
+the EHR offers it (``smart_app/fhir/record.py``); this measures the EHR's side of that choice, on the
+same stack as ``make bench`` (``benchmarks/bench.py``).
 
 For each EHR that says ``batch`` in its CapabilityStatement (the sandbox and the independent FHIR server)
 and for a normal patient and the patients of ``--observations`` Observations, the reads the criteria need
 (Patient, Observation and Condition, 1000 a page) are timed two ways, in turns:
 
-- as the app reads today: three GETs in parallel, each search then following its ``next`` links;
+- one by one: three GETs in parallel, each search then following its ``next`` links;
 - as one ``POST [base]`` of a batch Bundle holding the three reads (FHIR R4 http.html#transaction), each
   search then following its ``next`` links in parallel (a batch answer cannot page).
 

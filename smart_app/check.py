@@ -20,6 +20,7 @@ from typing import Any, Literal
 import requests
 
 from smart_app.drafts.written import WRITTEN
+from smart_app.fhir.capability import offers_batch
 from smart_app.fhir.record import SEARCH_TYPES
 from smart_app.smart import wire
 from smart_app.smart.discovery import (
@@ -367,6 +368,10 @@ def _fhir(
             f"fhirVersion is {version!r}",
             "The app reads and writes FHIR R4 (4.0.1): other versions are not supported.",
         )
+    if offers_batch(metadata):
+        report.add("batch", "pass", "batch Bundles: a review's reads go as one request")
+    else:
+        report.add("batch", "pass", "no batch interaction: a review's reads go one request per type")
     server = _server_rest(metadata)
     resources = _resources(server)
     patient = resources.get("Patient")

@@ -53,6 +53,7 @@ def test_the_sandbox_is_ready_for_its_three_registrations(sandbox: Sandbox, tmp_
     for rtype in ("ClinicalImpression", "ServiceRequest", "DetectedIssue", "Provenance", "Device"):
         assert checks[f"write:{rtype}"]["status"] == "pass"
     assert checks["fhir-version"]["summary"] == "FHIR 4.0.1" and checks["transaction"]["status"] == "pass"
+    assert checks["batch"]["summary"] == "batch Bundles: a review's reads go as one request"
 
 
 @pytest.mark.e2e
@@ -90,6 +91,7 @@ def test_the_independent_fhir_server_says_what_is_missing_and_what_degrades(medp
     assert checks["fhir-version"]["summary"] == "FHIR 4.0.1"
     assert all(checks[f"search:{t}"]["status"] == "pass" for t in ("Observation", "Condition", "Procedure"))
     assert checks["transaction"]["status"] == "pass" and checks["write:Provenance"]["status"] == "pass"
+    assert checks["batch"]["summary"].startswith("batch Bundles")
     text_code = main(["check", medplum.base_url])
     text = capsys.readouterr().out
     assert text_code == 4 and text.startswith(f"smart-app check {medplum.base_url}: NOT READY (1 failing")
@@ -326,3 +328,11 @@ def test_a_registration_for_another_iss_is_unusable_input(capsys, tmp_path):
     path = write_registration(tmp_path / "regs", iss="https://other.test/fhir")
     assert main(["check", ISS, "--registration", str(path)]) == 2
     assert "is for https://other.test/fhir" in capsys.readouterr().err
+
+
+def test_whether_reads_go_by_batch_is_said(rsps, tmp_path):
+    ehr(rsps, {}, rest=[{"mode": "server", "interaction": [{"code": "transaction"}], "resource": []}])
+    report = check_ehr(ISS, [registration_at(tmp_path)])
+    found = {c.id: c for c in report.checks}
+    assert found["batch"].status == "pass"
+    assert found["batch"].summary == "no batch interaction: a review's reads go one request per type"

@@ -89,10 +89,8 @@ def instrument(box: BackgroundServer, seen: Seen) -> None:
         token = environ.get("HTTP_AUTHORIZATION", "").removeprefix("Bearer ")
 
         def start(status: str, headers: Any, *rest: Any) -> Any:
-            if (
-                environ.get("PATH_INFO", "").startswith("/fhir/")
-                and ".well-known" not in environ["PATH_INFO"]
-            ):
+            path = environ.get("PATH_INFO", "")
+            if (path == "/fhir" or path.startswith("/fhir/")) and ".well-known" not in path:  # a batch too
                 with seen.lock:
                     seen.fhir.append((time.time(), token, int(status.split()[0])))
             return start_response(status, headers, *rest)
