@@ -205,7 +205,15 @@ def sandbox_reads(sandbox: SandboxProcess) -> Callable[[], int]:
 
 
 def front_reads(front: HAProxy) -> Callable[[], int]:
-    return lambda: sum(1 for method, _, _, server in front.requests() if server == "fhir" and method == "GET")
+    """FHIR reads through ``front``: GETs, and Bundles posted to the base (a launch writes nothing, so
+    each is its batch read)."""
+
+    def is_read(method: str, path: str) -> bool:
+        return method == "GET" or (method == "POST" and path.rstrip("/") == "/fhir")
+
+    return lambda: sum(
+        1 for method, path, _, server in front.requests() if server == "fhir" and is_read(method, path)
+    )
 
 
 def reader_token(sandbox: SandboxProcess) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import io
 import json
 import os
 import re
@@ -488,12 +489,13 @@ class SandboxProcess(Service):
         return str(made.json()["url"])
 
 
-def request_kind(method: str, path: str) -> str:
-    """``fhir`` (a FHIR interaction), ``discovery``, ``authorize``, ``token``, ``style`` or ``other``."""
+def request_kind(method: str, path: str, bundle_type: str | None = None) -> str:
+    """``fhir`` (a FHIR read, a batch Bundle of reads posted to the base included: ``bundle_type``),
+    ``fhir-write``, ``discovery``, ``authorize``, ``token``, ``style`` or ``other``."""
     if "/.well-known/" in path:
         return "discovery"
     if path == "/fhir" or path.startswith("/fhir/"):
-        return "fhir" if method in ("GET", "HEAD") else "fhir-write"
+        return "fhir" if method in ("GET", "HEAD") or bundle_type == "batch" else "fhir-write"
     if path.startswith("/auth/authorize"):
         return "authorize"
     if path == "/auth/token":
@@ -504,6 +506,20 @@ def request_kind(method: str, path: str) -> str:
 
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+def posted_bundle(environ: dict[str, Any]) -> tuple[bytes, str | None] | None:
+    """The body and ``type`` of a Bundle posted to the FHIR base (``None`` for any other request); the
+    body is put back for the app behind."""
+    if environ.get("REQUEST_METHOD") != "POST" or environ.get("PATH_INFO", "").rstrip("/") != "/fhir":
+        return None
+    body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+    environ["wsgi.input"] = io.BytesIO(body)
+    try:
+        kind = json.loads(body).get("type")
+    except (ValueError, AttributeError):
+        kind = None
+    return body, kind if isinstance(kind, str) else None
 
 
 def _consume(answer: Iterable[bytes]) -> bytes:
@@ -533,7 +549,8 @@ class Counting:
                 body = json.dumps(dict(self.counts)).encode()
             start_response("200 OK", [("Content-Type", "application/json")])
             return [body]
-        kind = request_kind(environ.get("REQUEST_METHOD", "GET"), path)
+        posted = posted_bundle(environ)
+        kind = request_kind(environ.get("REQUEST_METHOD", "GET"), path, posted[1] if posted else None)
         with self.lock:
             self.counts[kind] += 1
         if kind != "token":
@@ -545,9 +562,10 @@ class Counting:
 
 
 class Replay:
-    """A fast EHR: the first answer to each FHIR GET (path, query and ``Accept-Encoding``) is recorded,
-    later ones replay it without touching the sandbox. Paging links in a replayed page name recorded
-    pages, so a whole search replays. Only 200 answers are kept; the token is not checked on replay."""
+    """A fast EHR: the first answer to each FHIR read (a GET's path, query and ``Accept-Encoding``; a batch
+    Bundle's body) is recorded, later ones replay it without touching the sandbox. Paging links in a
+    replayed page name recorded pages, so a whole search replays. Only 200 answers are kept; the token is
+    not checked on replay."""
 
     def __init__(self, app: WsgiApp) -> None:
         self.app = app
@@ -556,9 +574,14 @@ class Replay:
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
-        if environ.get("REQUEST_METHOD") != "GET" or request_kind("GET", path) != "fhir":
+        posted = posted_bundle(environ)
+        if posted is not None and posted[1] == "batch":
+            query = posted[0].decode("utf-8", "replace")
+        elif environ.get("REQUEST_METHOD") == "GET" and request_kind("GET", path) == "fhir":
+            query = environ.get("QUERY_STRING", "")
+        else:
             return self.app(environ, start_response)
-        key = (path, environ.get("QUERY_STRING", ""), environ.get("HTTP_ACCEPT_ENCODING", ""))
+        key = (path, query, environ.get("HTTP_ACCEPT_ENCODING", ""))
         with self.lock:
             known = self.recorded.get(key)
         if known is not None:

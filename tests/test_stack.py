@@ -48,6 +48,20 @@ def test_replay_answers_a_repeated_fhir_read_with_the_recorded_bytes() -> None:
     assert other_query.get_data() == b'{"answer": 2}'
 
 
+def test_replay_answers_a_repeated_batch_read_and_passes_other_bundles_through() -> None:
+    ehr = Ehr()
+    client = Client(Replay(ehr))
+    batch = b'{"resourceType": "Bundle", "type": "batch", "entry": []}'
+    first, again = client.post("/fhir", data=batch), client.post("/fhir", data=batch)
+    assert first.get_data() == again.get_data() == b'{"answer": 1}'
+    other = client.post("/fhir", data=batch.replace(b"[]", b'[{"request": {"method": "GET", "url": "x"}}]'))
+    assert other.get_data() == b'{"answer": 2}'
+    transaction = b'{"resourceType": "Bundle", "type": "transaction", "entry": []}'
+    client.post("/fhir", data=transaction)
+    client.post("/fhir", data=transaction)
+    assert ehr.calls == 4
+
+
 def test_replay_passes_writes_token_requests_and_failures_through() -> None:
     ehr = Ehr()
     client = Client(Replay(ehr))
@@ -94,6 +108,15 @@ def test_counting_counts_by_kind_and_keeps_the_token_answers_size() -> None:
 )
 def test_request_kinds(method: str, path: str, kind: str) -> None:
     assert request_kind(method, path) == kind
+
+
+def test_a_batch_posted_to_the_base_is_a_read() -> None:
+    assert request_kind("POST", "/fhir", "batch") == "fhir"
+    assert request_kind("POST", "/fhir", "transaction") == "fhir-write"
+    client = Client(Counting(Ehr()))
+    client.post("/fhir", data=b'{"resourceType": "Bundle", "type": "batch", "entry": []}')
+    client.post("/fhir", data=b'{"resourceType": "Bundle", "type": "transaction", "entry": []}')
+    assert client.get(COUNTS_PATH).get_json() == {"fhir": 1, "fhir-write": 1}
 
 
 @pytest.mark.parametrize(
