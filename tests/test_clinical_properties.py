@@ -5,13 +5,14 @@
 - the order of Bundle entries never changes the JSON;
 - the JSON is byte-stable across runs;
 - the decision stages alone (``conclude``, what the review page re-evaluates) give the assessment's
-  classification and next step.
+  classification and next step, and so does ``concluder`` for a record with resources added.
 Inputs are the case-suite records, alone, merged, and with generated noise; hypothesis is derandomized.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from datetime import datetime
 from pathlib import Path
@@ -22,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from smart_app.clinical import assess, load_bundle
-from smart_app.clinical.engine import conclude
+from smart_app.clinical.engine import conclude, concluder
 
 CASES_DIR = Path(__file__).resolve().parent / "cases"
 CASES: list[dict[str, Any]] = [
@@ -208,3 +209,21 @@ def test_the_decision_stages_alone_conclude_as_the_assessment_does() -> None:
             assert concluded == (assessment.classification, assessment.next_step), case["description"]
             seen.add(concluded)
     assert len({classification for classification, _ in seen}) == len(STEPS)  # every classification
+
+
+@FAST
+@given(case_st, st.lists(st.sampled_from(POOL), min_size=1, max_size=4), noise_st, st.booleans())
+def test_concluding_with_resources_added_is_concluding_on_the_whole(
+    case: dict[str, Any], findings: list[Any], extra: list[Any], unread: bool
+) -> None:
+    record = load_bundle(bundle_bytes(case["patient"], case["resources"]))
+    pid = case["patient"]["id"]
+    added = [rename(r, f"added{n}", pid) for n, r in enumerate(findings)]
+    added += [noise(r, kind, n) for n, (r, kind) in enumerate(extra)]
+    unavailable = {"Condition": "read failed (HTTP 500)"} if unread else {}
+    whole = dataclasses.replace(record, resources=[*record.resources, *added], unavailable=unavailable)
+    conclude_with = concluder(record, AS_OF)
+    assert conclude_with(added, unavailable) == conclude(whole, AS_OF), case["description"]
+    # each call starts from the record's own facts: the resources added before are not among them
+    alone = dataclasses.replace(record, unavailable=unavailable)
+    assert conclude_with([], unavailable) == conclude(alone, AS_OF), case["description"]

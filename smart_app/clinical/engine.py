@@ -11,8 +11,8 @@ Assessment, byte for byte in ``json.dumps(..., sort_keys=True)``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from smart_app import fhirjson as fj
@@ -121,6 +121,39 @@ def conclude(
         ctx = Context(criteria=criteria, facts=facts, record=record, as_of=as_of, operators=operators)
         decision = _decide(ctx)
         return decision.classification, decision.next_step
+
+
+def concluder(
+    record: PatientRecord,
+    as_of: datetime,
+    criteria_version: str | None = None,
+    *,
+    registry: CriteriaRegistry | None = None,
+    operators: Mapping[str, Operator] = OPERATORS,
+) -> Callable[[Sequence[dict[str, Any]], Mapping[str, str]], tuple[str, str]]:
+    """:func:`conclude` for ``record`` with resources added, many times over: ``record``'s own resources
+    are extracted once, and each call ``(added, unavailable)`` gives the conclusion for ``record`` with
+    ``added`` after its resources and ``unavailable`` as the types that could not be read."""
+    as_of = _utc(as_of)
+    criteria = criteria_for(criteria_version, registry)
+    extractor = Extractor(as_of, criteria)
+    with fj.gc_paused():
+        for res in record.resources:
+            extractor.feed(res)
+
+    def conclude_with(added: Sequence[dict[str, Any]], unavailable: Mapping[str, str]) -> tuple[str, str]:
+        trial = replace(record, resources=[*record.resources, *added], unavailable=dict(unavailable))
+        with fj.gc_paused():
+            twin = extractor.fork()
+            for res in added:
+                twin.feed(res)
+            ctx = Context(
+                criteria=criteria, facts=twin.finish(trial), record=trial, as_of=as_of, operators=operators
+            )
+            decision = _decide(ctx)
+            return decision.classification, decision.next_step
+
+    return conclude_with
 
 
 def _extract(record: PatientRecord, as_of: datetime, criteria: Criteria) -> tuple[Facts, int]:

@@ -11,6 +11,7 @@ after it in every time zone (docs/clinical-criteria.md#partial-dates).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -370,6 +371,20 @@ class Extractor:
             ref = ref or "(resource without id)"
             self._drop(ref)
             self.facts.ignored[ref] = f"malformed: {type(exc).__name__}"
+
+    def fork(self) -> Extractor:
+        """A copy to feed more resources to, this one left as it is: the what-if re-evaluation
+        (:func:`smart_app.clinical.engine.concluder`) feeds each hypothesis to a copy of one extraction."""
+        twin = copy.copy(self)
+        twin.subjects = dict(self.subjects)
+        twin._seen = dict(self._seen)
+        twin.facts = Facts(
+            by_valueset={url: list(facts) for url, facts in self.facts.by_valueset.items()},
+            ignored=dict(self.facts.ignored),
+            resources=dict(self.facts.resources),
+            problems=dict(self.facts.problems),
+        )
+        return twin
 
     def finish(self, record: PatientRecord) -> Facts:
         """Apply the subject check (docs/clinical-criteria.md#subjects: another patient's resource is

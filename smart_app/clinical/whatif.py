@@ -26,7 +26,7 @@ from typing import Any
 
 from smart_app import fhirjson as fj
 from smart_app.clinical.criteria import Criteria, CriteriaRegistry
-from smart_app.clinical.engine import conclude, criteria_for
+from smart_app.clinical.engine import conclude, concluder, criteria_for
 from smart_app.clinical.record import PatientRecord
 from smart_app.clinical.recording import (
     ABSENT,
@@ -91,6 +91,7 @@ def decisive_missing(
         if len(record.resources) > MAX_WHOLE_RECORD:
             return [Decisive(item, None) for item in assessment.get("missing") or []]
         base = record
+    conclude_with = concluder(base, as_of, criteria.version, registry=registry)
     statuses = {str(k): str(v.get("status")) for k, v in (assessment.get("findings") or {}).items()}
     out: list[Decisive] = []
     for item in assessment.get("missing") or []:
@@ -102,12 +103,8 @@ def decisive_missing(
             continue
         for hypothesis in hypotheses:
             supposed = [{**r, "id": f"whatif-{n}"} for n, r in enumerate(hypothesis.resources, start=1)]
-            trial = dataclasses.replace(
-                base,
-                resources=[*base.resources, *supposed],
-                unavailable={t: r for t, r in base.unavailable.items() if t not in hypothesis.readable},
-            )
-            got = evaluate(trial)
+            unavailable = {t: r for t, r in base.unavailable.items() if t not in hypothesis.readable}
+            got = conclude_with(supposed, unavailable)
             if got != conclusion:
                 out.append(Decisive(item, Change(hypothesis.recorded, *got)))
                 break

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import orjson
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
@@ -55,8 +56,8 @@ def validate_id_token(
     if problem is not None:
         raise fail(problem)
     try:
-        key_set = KeySet.import_key_set(dict(jwks))  # type: ignore[arg-type]
-    except (JoseError, ValueError, TypeError, KeyError):
+        key_set = _key_set(orjson.dumps(jwks, option=orjson.OPT_SORT_KEYS))
+    except (JoseError, ValueError, TypeError, KeyError, orjson.JSONEncodeError):
         raise fail("its signing keys could not be read") from None
     try:
         token = jwt.decode(id_token, key_set, algorithms=list(ALGORITHMS))
@@ -88,6 +89,12 @@ def validate_id_token(
         if not isinstance(got, str) or not hmac.compare_digest(got.encode(), nonce.encode()):
             raise fail("the nonce does not match this launch")
     return claims
+
+
+@functools.lru_cache(maxsize=32)
+def _key_set(jwks: bytes) -> KeySet:
+    """The keys of a JWK set (its canonical JSON), imported once: an EHR's set changes rarely."""
+    return KeySet.import_key_set(orjson.loads(jwks))
 
 
 def _unusable_parts(id_token: str) -> str | None:
