@@ -10,11 +10,17 @@ if TYPE_CHECKING:
     from gunicorn.app.base import BaseApplication
 
 
-def settle_heap(_worker: object = None) -> None:
-    """Collect once, then freeze what is left (Python ``gc.freeze``): the app, its criteria releases,
-    terminology and templates live as long as the worker, so no later collection walks them, and a full
-    collection during a request costs the objects made since start-up, not the whole heap. Run by
-    gunicorn in each worker once it has loaded the app (``post_worker_init``)."""
+def settle_heap(worker: object = None) -> None:
+    """Compile the app's page templates, collect once, then freeze what is left (Python ``gc.freeze``):
+    the app, its criteria releases, terminology and templates live as long as the worker, so no later
+    collection walks them, and a full collection during a request costs the objects made since start-up,
+    not the whole heap. Run by gunicorn in each worker once it has loaded the app (``post_worker_init``,
+    the app is the worker's ``wsgi``), so no clinician's first page waits for a template to compile."""
+    app = getattr(worker, "wsgi", None)
+    environment = getattr(app, "jinja_env", None)
+    if environment is not None:
+        for name in environment.list_templates(extensions=["html"]):
+            environment.get_template(name)
     gc.collect()
     gc.freeze()
 

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -81,3 +82,29 @@ def test_each_worker_freezes_its_heap_once_the_app_is_loaded(monkeypatch: pytest
         assert gc.get_freeze_count() > before
     finally:
         gc.unfreeze()
+
+
+def test_each_worker_compiles_the_page_templates_before_its_first_request(tmp_path: Path) -> None:
+    import gc
+    from types import SimpleNamespace
+
+    from smart_app import create_app
+    from smart_app.serve import settle_heap
+
+    app = create_app({"TESTING": True, "INSTANCE_PATH": str(tmp_path / "instance")})
+    loaded: list[str] = []
+    load = app.jinja_env.loader.load  # type: ignore[union-attr]
+
+    def recording(environment: Any, name: str, globals: Any = None) -> Any:
+        loaded.append(name)
+        return load(environment, name, globals)
+
+    app.jinja_env.loader.load = recording  # type: ignore[union-attr,method-assign]
+    try:
+        settle_heap(SimpleNamespace(wsgi=app))
+    finally:
+        gc.unfreeze()
+    assert {"review.html", "base.html", "_macros.html", "error.html"} <= set(loaded)
+    loaded.clear()
+    app.jinja_env.get_template("review.html")
+    assert loaded == []  # compiled once, kept
