@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -16,6 +17,7 @@ import requests
 import responses
 
 from smart_app.fhir import FhirClient, FhirUnauthorized, capability, fetch_patient_record
+from smart_app.fhir.budget import ReadBudget
 from smart_app.fhir.errors import FhirCutShort, FhirServerError
 from smart_app.fhir.record import BATCH_COUNT
 
@@ -282,11 +284,11 @@ def test_an_unreadable_statement_means_one_by_one_and_is_asked_again_later(rsps,
     ("error", "still_offered"),
     [
         (FhirServerError("batch not supported", status=500), False),
-        (FhirCutShort("cut short", limit="time"), True),
+        (FhirCutShort("cut short", limit="time"), False),
         (FhirUnauthorized("refused", status=401), True),
     ],
 )
-def test_only_a_failure_about_the_batch_stops_batches(rsps, error, still_offered):
+def test_a_failed_batch_stops_batches_unless_the_token_was_refused(rsps, error, still_offered):
     rsps.get(f"{BASE}/metadata", json=STATEMENT)
     client = FhirClient(BASE, token="token")
     assert capability.batch_offered(client) is True
@@ -333,3 +335,17 @@ def test_the_independent_server_loses_nothing_by_batch(medplum: Any) -> None:
     assert batched.counts == one_by_one.counts == {"Observation": BATCH_COUNT + 5, "Condition": 1}
     assert batched.resources == one_by_one.resources and batched.patient == one_by_one.patient
     assert batched.failures == [] and batched.round_trips == 2  # the batch, then the Observations alone
+
+
+def test_a_slow_batch_leaves_half_the_budget_to_the_reads_one_by_one(chart, caplog):
+    def slow(request: Any) -> tuple[int, dict[str, str], str]:
+        raise requests.exceptions.ReadTimeout("no answer yet")
+
+    chart.add_callback(responses.POST, BASE, callback=slow)
+    client = FhirClient(BASE, token="token", max_retries=0, timeout=(1.0, 60.0))
+    with caplog.at_level(logging.INFO, logger="smart_app.fhir"), client.budget(ReadBudget(seconds=4.0)):
+        with client.budget_share(0.5, "share"):
+            assert client._cutoff()[0] - time.monotonic() <= 2.0  # the share, not the whole budget
+        result = fetch_patient_record(client, PID, lambda resource_type: True, types=FIRST, batch=True)
+    same_as_one_by_one(result)
+    assert "FHIR batch read failed" in caplog.text

@@ -4,8 +4,10 @@ http.html#transaction), read once per FHIR base and process and kept :data:`KEEP
 
 A statement that cannot be read says nothing: the reads are then sent one by one, and the statement is
 asked for again after :data:`RETRY_SECONDS`. A batch the server then fails (an error status, an answer
-that is not a batch-response) counts as not offered for as long, whatever the statement says
-(:func:`batch_failed`); a refused token, a cut-short answer or a lost connection says nothing of batches.
+that is not a batch-response, too slow or too large, no answer) counts as not offered for as long,
+whatever the statement says (:func:`batch_failed`): reading one by one loses nothing but round trips,
+and every launch would otherwise pay for the failed batch first. Only a refused access token says
+nothing of batches.
 """
 
 from __future__ import annotations
@@ -17,14 +19,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from smart_app.fhir.client import FhirClient
-from smart_app.fhir.errors import (
-    FhirConnectionError,
-    FhirCutShort,
-    FhirError,
-    FhirRateLimited,
-    FhirTimeout,
-    FhirUnauthorized,
-)
+from smart_app.fhir.errors import FhirError, FhirUnauthorized
 
 logger = logging.getLogger("smart_app.fhir")
 
@@ -32,8 +27,6 @@ logger = logging.getLogger("smart_app.fhir")
 KEEP_SECONDS = 3600.0
 #: How long an unreadable statement, or a failed batch, keeps a server's reads one by one.
 RETRY_SECONDS = 300.0
-#: Failures that say nothing about the server's batches.
-_NOT_ABOUT_BATCH = (FhirUnauthorized, FhirCutShort, FhirTimeout, FhirConnectionError, FhirRateLimited)
 
 _known: dict[str, tuple[bool, float]] = {}  # FHIR base → (batch offered, until when, monotonic)
 _lock = threading.Lock()
@@ -71,9 +64,9 @@ def batch_offered(client: FhirClient, clock: Callable[[], float] = time.monotoni
 
 
 def batch_failed(base_url: str, error: FhirError, clock: Callable[[], float] = time.monotonic) -> None:
-    """Note that a batch sent to ``base_url`` failed with ``error``: unless the failure says nothing of
-    batches, the server's reads go one by one for :data:`RETRY_SECONDS`."""
-    if not isinstance(error, _NOT_ABOUT_BATCH):
+    """Note that a batch sent to ``base_url`` failed with ``error``: unless the access token was refused,
+    the server's reads go one by one for :data:`RETRY_SECONDS`."""
+    if not isinstance(error, FhirUnauthorized):
         _remember(base_url, False, clock() + RETRY_SECONDS)
 
 

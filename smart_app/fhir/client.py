@@ -127,10 +127,12 @@ class _Unanswered(Exception):
 
 @dataclass(frozen=True)
 class _Deadline:
-    """The instant (``time.monotonic()``) a budget's requests must be done by, and its length."""
+    """The instant (``time.monotonic()``) a budget's requests must be done by, its length, and what it
+    is called in messages."""
 
     at: float
     seconds: float
+    name: str = "budget for reading the record"
 
     def remaining(self) -> float:
         return self.at - time.monotonic()
@@ -224,6 +226,20 @@ class FhirClient:
             yield
         finally:
             self._deadline, self.max_response_bytes = previous
+
+    @contextmanager
+    def budget_share(self, fraction: float, name: str) -> Iterator[None]:
+        """Within this block requests must end once ``fraction`` of the time the budget has left is gone
+        (called ``name`` in messages), so a first try leaves time for what follows it; without a
+        budget, nothing changes."""
+        previous = self._deadline
+        if previous is not None:
+            share = max(0.0, previous.remaining()) * fraction
+            self._deadline = _Deadline(time.monotonic() + share, share, name)
+        try:
+            yield
+        finally:
+            self._deadline = previous
 
     def read(self, resource_type: str, resource_id: str) -> dict[str, Any]:
         """FHIR R4 http.html#read: ``GET [base]/[type]/[id]``."""
@@ -615,7 +631,7 @@ class FhirClient:
             if deadline is not None and wait >= deadline.remaining():
                 message = (
                     f"{method} {label}: {what}, and a retry in {wait:.0f} s would pass the "
-                    f"{deadline.seconds:.0f} s budget for reading the record"
+                    f"{deadline.seconds:.0f} s {deadline.name}"
                 )
                 logger.warning("FHIR %s; stopped", message)
                 raise FhirCutShort(message, limit="time", status=status)
@@ -737,7 +753,7 @@ class FhirClient:
         own = time.monotonic() + self.max_request_seconds
         deadline = self._deadline
         if deadline is not None and deadline.at <= own:
-            return deadline.at, f"{deadline.seconds:.0f} s budget for reading the record"
+            return deadline.at, f"{deadline.seconds:.0f} s {deadline.name}"
         return own, f"{self.max_request_seconds:.0f} s limit for one request"
 
     def _timeouts(self, remaining: float) -> tuple[float, float] | float:

@@ -17,7 +17,9 @@ as one batch (FHIR R4 http.html#transaction): the Patient read and each search, 
 :data:`BATCH_COUNT` entries. A search the batch answers whole is taken from it; one it does not (a
 ``next`` link, as many entries as asked or fewer than its ``total``: some servers drop the paging links
 of a batch's searchsets), a failed entry, or every read when the batch itself fails, is sent on its own
-as above, so a batch never loses or repeats what the separate reads would give.
+as above, so a batch never loses or repeats what the separate reads would give. A batch may take half
+the time the budget has left (:data:`BATCH_SHARE`), so a server slow to answer batches still has its
+reads sent one by one in time.
 
 No server-side narrowing is used: ``code`` would need every code of every criteria ValueSet, prefix
 rules (ICD-10-CM ``is-a``) included, and could not return what the criteria report as malformed or
@@ -59,6 +61,9 @@ DEFAULT_PAGE_SIZE = 1000
 #: Entries a search inside a batch asks for (``_count``): a batch answer is decoded whole, so it stays
 #: small; a type with more is read by its own search, streamed page by page.
 BATCH_COUNT = 100
+#: The share of the time the read budget has left that a batch may take: a batch too slow for it is
+#: given up, and the reads sent on their own have the rest.
+BATCH_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -304,7 +309,8 @@ def _read_batch(
     urls = [f"Patient/{patient_id}"] if read_patient else []
     urls += [f"{resource_type}?patient={patient_id}&_count={count}" for resource_type in search_types]
     try:
-        answers = client.batch_get(urls)
+        with client.budget_share(BATCH_SHARE, "share of the read budget for a batch"):
+            answers = client.batch_get(urls)
     except FhirError as exc:
         logger.warning("FHIR batch read failed (%s); each read is sent on its own", exc.message)
         batch_failed(client.base_url, exc)
