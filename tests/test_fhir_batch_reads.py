@@ -349,3 +349,19 @@ def test_a_slow_batch_leaves_half_the_budget_to_the_reads_one_by_one(chart, capl
         result = fetch_patient_record(client, PID, lambda resource_type: True, types=FIRST, batch=True)
     same_as_one_by_one(result)
     assert "FHIR batch read failed" in caplog.text
+
+
+def test_a_batch_that_answers_no_entry_is_not_sent_again(chart, caplog):
+    """A server may list batch and take only writes in one: every read entry refused."""
+    refused = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "not-supported"}]}
+    chart.post(BASE, json=batch_answer(("400", refused), ("400", refused), ("400", refused)))
+    with caplog.at_level(logging.INFO, logger="smart_app.fhir"):
+        same_as_one_by_one(read())
+    assert sorted(sent(chart)[1:]) == [
+        "GET /fhir/Condition",
+        "GET /fhir/Observation",
+        f"GET /fhir/Patient/{PID}",
+    ]
+    assert "no entry was answered" in caplog.text
+    chart.get(f"{BASE}/metadata", json=STATEMENT)
+    assert capability.batch_offered(FhirClient(BASE, token="token")) is False

@@ -16,10 +16,10 @@ Where the server takes batch Bundles (``batch``, :mod:`smart_app.fhir.capability
 as one batch (FHIR R4 http.html#transaction): the Patient read and each search, asking for at most
 :data:`BATCH_COUNT` entries. A search the batch answers whole is taken from it; one it does not (a
 ``next`` link, as many entries as asked or fewer than its ``total``: some servers drop the paging links
-of a batch's searchsets), a failed entry, or every read when the batch itself fails, is sent on its own
-as above, so a batch never loses or repeats what the separate reads would give. A batch may take half
-the time the budget has left (:data:`BATCH_SHARE`), so a server slow to answer batches still has its
-reads sent one by one in time.
+of a batch's searchsets), a failed entry, or every read when the batch itself fails (or answers no
+entry), is sent on its own as above, so a batch never loses or repeats what the separate reads would
+give. A batch may take half the time the budget has left (:data:`BATCH_SHARE`), so a server slow to
+answer batches still has its reads sent one by one in time.
 
 No server-side narrowing is used: ``code`` would need every code of every criteria ValueSet, prefix
 rules (ICD-10-CM ``is-a``) included, and could not return what the criteria report as malformed or
@@ -42,7 +42,7 @@ from typing import Any, TypeVar
 from smart_app.fhir.budget import ReadBudget
 from smart_app.fhir.capability import batch_failed
 from smart_app.fhir.client import FhirClient
-from smart_app.fhir.errors import FhirCutShort, FhirError, FhirUnauthorized
+from smart_app.fhir.errors import FhirCutShort, FhirError, FhirMalformedResponse, FhirUnauthorized
 
 logger = logging.getLogger("smart_app.fhir")
 
@@ -314,6 +314,11 @@ def _read_batch(
     except FhirError as exc:
         logger.warning("FHIR batch read failed (%s); each read is sent on its own", exc.message)
         batch_failed(client.base_url, exc)
+        return _Batched()
+    if not any(status.startswith("2") for status, _ in answers):
+        # a server that lists batch but answers no read inside one (some take batches of writes only)
+        logger.warning("FHIR batch read: no entry was answered; each read is sent on its own")
+        batch_failed(client.base_url, FhirMalformedResponse("batch: no entry answered"))
         return _Batched()
     batched = _Batched()
     if read_patient:
