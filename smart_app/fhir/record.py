@@ -162,7 +162,7 @@ def fetch_patient_record(
     with client.budget(budget) if budget is not None else nullcontext():
         answered = (
             _read_batch(client, patient_id, read_patient, search_types, keep, page_size, notes_by_type)
-            if batch and (read_patient or search_types)
+            if batch and int(read_patient) + len(search_types) > 1  # a batch of one read saves nothing
             else _Batched()
         )
         pool = _pool()
