@@ -6,10 +6,11 @@ The drafting models and the HTTP client are imported where they are used, so tha
 (``smart-app assess --bundle``) loads only the clinical core.
 
 A launch reads only what decides (:func:`read_and_assess`): the Patient and the types that decide the
-classification first, in parallel; the types only the treatment ladder reads when the classification
-leads there (the criteria's ``data_dependencies``, :func:`smart_app.clinical.engine.read_plan`); and it
-sets aside, as pages are decoded, every resource that can only be counted
-(:class:`smart_app.clinical.facts.Sieve`). The assessment is the one a read of everything gives.
+classification first, in parallel (or as one batch Bundle where the server offers it); the types only
+the treatment ladder reads when the classification leads there (the criteria's ``data_dependencies``,
+:func:`smart_app.clinical.engine.read_plan`); and it sets aside, as pages are decoded, every resource
+that can only be counted (:class:`smart_app.clinical.facts.Sieve`). The assessment is the one a read of
+everything gives.
 """
 
 from __future__ import annotations
