@@ -114,13 +114,8 @@ def conclude(
 ) -> tuple[str, str]:
     """The classification and next step :func:`assess` gives ``record``, without its explanation: the
     decision stages alone, for re-evaluating a record many times (:mod:`smart_app.clinical.whatif`)."""
-    as_of = _utc(as_of)
-    criteria = criteria_for(criteria_version, registry)
-    with fj.gc_paused():
-        facts, _ = _extract(record, as_of, criteria)
-        ctx = Context(criteria=criteria, facts=facts, record=record, as_of=as_of, operators=operators)
-        decision = _decide(ctx)
-        return decision.classification, decision.next_step
+    conclude_with = concluder(record, as_of, criteria_version, registry=registry, operators=operators)
+    return conclude_with((), record.unavailable)
 
 
 def concluder(
