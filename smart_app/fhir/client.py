@@ -347,12 +347,8 @@ class FhirClient:
                         envelope: Any = done.value
                         break
             except fj.NotStreamable:
-                sorter = _EntrySorter(resource_type, take)
-                envelope = self._json_body(response)
-                listed, next_url = self._parse_search_bundle(envelope, resource_type, response.status)
-                for entry in listed:
-                    sorter.add(entry)
-                return sorter.items, next_url, sorter.notes()
+                page = self.searchset(self._json_body(response), resource_type, take, status=response.status)
+                return page.items, page.next_url, page.notes
             _, next_url = self._parse_search_bundle(envelope, resource_type, response.status)
             return sorter.items, next_url, sorter.notes()
 
@@ -378,14 +374,9 @@ class FhirClient:
         seen = {url}
         for _ in range(self.max_pages):
             response = self._request("GET", url)
-            entries, next_url = self._parse_search_bundle(
-                self._json_body(response), resource_type, response.status
-            )
-            sorter = _EntrySorter(resource_type, _itself)
-            for entry in entries:
-                sorter.add(entry)
-            versions += [r for r in sorter.items if r["resourceType"] == resource_type]
-            absolute = urljoin(self.base_url + "/", next_url) if next_url else None
+            page = self.searchset(self._json_body(response), resource_type, _itself, status=response.status)
+            versions += [r for r in page.items if r["resourceType"] == resource_type]
+            absolute = urljoin(self.base_url + "/", page.next_url) if page.next_url else None
             if absolute is None or absolute in seen:
                 break
             if not self._is_under_base(absolute):
@@ -420,10 +411,13 @@ class FhirClient:
         result = self.transaction(bundle)
         return [(str(entry["response"]["status"]), entry.get("resource")) for entry in result["entry"]]
 
-    def searchset(self, bundle: Any, resource_type: str, take: Callable[[dict[str, Any]], T]) -> Searchset[T]:
-        """A searchset Bundle of ``resource_type`` read as a search page is (:meth:`search_each`):
-        ``take`` of each matched resource. Raises FhirMalformedResponse when it is no Bundle."""
-        entries, next_url = self._parse_search_bundle(bundle, resource_type, 200)
+    def searchset(
+        self, bundle: Any, resource_type: str, take: Callable[[dict[str, Any]], T], *, status: int = 200
+    ) -> Searchset[T]:
+        """A decoded searchset (or history) Bundle of ``resource_type``, read as a search page is
+        (:meth:`search_each`): ``take`` of each matched resource. Raises FhirMalformedResponse, naming
+        the answer's HTTP ``status``, when it is no Bundle."""
+        entries, next_url = self._parse_search_bundle(bundle, resource_type, status)
         sorter = _EntrySorter(resource_type, take)
         for entry in entries:
             sorter.add(entry)
