@@ -131,10 +131,8 @@ def concluder(
     ``added`` after its resources and ``unavailable`` as the types that could not be read."""
     as_of = _utc(as_of)
     criteria = criteria_for(criteria_version, registry)
-    extractor = Extractor(as_of, criteria)
     with fj.gc_paused():
-        for res in record.resources:
-            extractor.feed(res)
+        extractor = _fed(record, as_of, criteria)
 
     def conclude_with(added: Sequence[dict[str, Any]], unavailable: Mapping[str, str]) -> tuple[str, str]:
         trial = replace(record, resources=[*record.resources, *added], unavailable=dict(unavailable))
@@ -153,10 +151,16 @@ def concluder(
 
 def _extract(record: PatientRecord, as_of: datetime, criteria: Criteria) -> tuple[Facts, int]:
     """The facts of ``record`` and the number of resources it holds."""
+    extractor = _fed(record, as_of, criteria)
+    return extractor.finish(record), extractor.count + record.unmatched
+
+
+def _fed(record: PatientRecord, as_of: datetime, criteria: Criteria) -> Extractor:
+    """An extractor fed every resource of ``record``, not yet finished."""
     extractor = Extractor(as_of, criteria)
     for res in record.resources:
         extractor.feed(res)
-    return extractor.finish(record), extractor.count + record.unmatched
+    return extractor
 
 
 def assess_bundle(
