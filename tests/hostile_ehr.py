@@ -51,6 +51,8 @@ from smart_app.fhir import capability
 from tests.servers import SCOPES, Server, bind
 
 PATIENT = "jkowalski"
+#: What the sandbox holds for PATIENT, as the app reads it with no fault.
+FULL_COUNTS = {"Condition": 2, "Observation": 3}
 WRITTEN_TYPES = (
     "ClinicalImpression",
     "DocumentReference",
@@ -419,6 +421,12 @@ class HostileStack:
     def audit_events(self) -> list[dict[str, Any]]:
         """The app's audit log lines written since the last :meth:`reset`."""
         return self._audit_lines()[self.audit_mark :]
+
+    def read_counts(self) -> dict[str, int]:
+        """What the last review read, by resource type (its ``read`` audit line)."""
+        reads = [e for e in self.audit_events() if e["kind"] == "read"]
+        assert reads, "the review logged what it read"
+        return dict(reads[-1]["counts"])
 
     def _audit_lines(self) -> list[dict[str, Any]]:
         path = Path(self.app.instance_path) / "audit.jsonl"

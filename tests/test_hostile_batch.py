@@ -17,12 +17,9 @@ from typing import Any
 import pytest
 import requests
 
-from tests.hostile_ehr import HostileStack
+from tests.hostile_ehr import FULL_COUNTS, HostileStack
 
 pytestmark = pytest.mark.e2e
-
-#: What the sandbox holds for the patient, as the app reads it with no fault.
-FULL_COUNTS = {"Condition": 2, "Observation": 3}
 
 
 @pytest.fixture
@@ -40,12 +37,6 @@ def conclusion(page: requests.Response) -> str:
     found = re.search(r'<span class="badge badge-class [^"]*">([^<]*)</span>', page.text)
     assert found, "the page shows a classification"
     return found.group(1)
-
-
-def read_counts(stack: HostileStack) -> dict[str, int]:
-    reads = [e for e in stack.audit_events() if e["kind"] == "read"]
-    assert reads, "the review logged what it read"
-    return dict(reads[-1]["counts"])
 
 
 def fhir_sent(stack: HostileStack) -> list[str]:
@@ -69,7 +60,7 @@ def one_by_one(stack: HostileStack) -> str:
         page = launch(stack)
     finally:
         stack.app.config["FHIR_BATCH_READS"] = "auto"
-    assert page.status_code == 200 and read_counts(stack) == FULL_COUNTS
+    assert page.status_code == 200 and stack.read_counts() == FULL_COUNTS
     stack.hostile.seen.clear()
     return conclusion(page)
 
@@ -78,7 +69,7 @@ def assert_whole(stack: HostileStack, page: requests.Response, expected: str) ->
     assert page.status_code == 200 and page.url.endswith("/review")
     assert 'id="cut-short"' not in page.text and "these reads failed" not in page.text
     assert conclusion(page) == expected
-    assert read_counts(stack) == FULL_COUNTS  # everything, and each resource once
+    assert stack.read_counts() == FULL_COUNTS  # everything, and each resource once
 
 
 def test_a_whole_batch_answer_is_the_only_read(batching: HostileStack) -> None:

@@ -25,12 +25,9 @@ import requests
 
 from smart_app.fhir import FhirClient, FhirCutShort
 from smart_app.fhir.budget import ReadBudget
-from tests.hostile_ehr import DripServer, HostileStack
+from tests.hostile_ehr import FULL_COUNTS, DripServer, HostileStack
 
 pytestmark = pytest.mark.e2e
-
-#: What the sandbox holds for the patient, as the app reads it with no fault.
-FULL_COUNTS = {"Condition": 2, "Observation": 3}
 
 
 def review(stack: HostileStack) -> tuple[requests.Response, float]:
@@ -38,12 +35,6 @@ def review(stack: HostileStack) -> tuple[requests.Response, float]:
         started = time.monotonic()
         page = stack.launch(browser)
         return page, time.monotonic() - started
-
-
-def read_counts(stack: HostileStack) -> dict[str, int]:
-    reads = [e for e in stack.audit_events() if e["kind"] == "read"]
-    assert reads, "the review logged what it read"
-    return dict(reads[-1]["counts"])
 
 
 def cut_short_section(page: str) -> str:
@@ -75,7 +66,7 @@ def test_no_fault_reads_everything(hostile: HostileStack) -> None:
     page, _ = review(hostile)
     assert page.status_code == 200 and page.url.endswith("/review")
     assert 'id="cut-short"' not in page.text
-    assert read_counts(hostile) == FULL_COUNTS
+    assert hostile.read_counts() == FULL_COUNTS
 
 
 # -- budgets -------------------------------------------------------------------------------------------
@@ -92,7 +83,7 @@ def test_body_dripped_a_byte_at_a_time_is_cut_at_the_read_budget(
         section = cut_short_section(page.text)
         assert "Observation" in section and "3 s budget for reading the record ran out" in section
         assert elapsed < 3.0 + 3.0  # the budget, not the drip (10,000 bytes at 0.5 s each)
-        assert read_counts(hostile) == {"Condition": 2}  # the rest was read in full
+        assert hostile.read_counts() == {"Condition": 2}  # the rest was read in full
         assert unavailable_in_draft(hostile, browser) == ["Observation"]  # unknown, not absent
     assert any("Observation" in m and "still arriving" in m for m in fhir_warnings(caplog))
 
@@ -127,7 +118,7 @@ def test_429_storm_stops_when_the_wait_would_pass_the_budget(
     assert elapsed < 3.0 + 2.0
     asked = [s for s in hostile.hostile.seen if s.path == "/fhir/Observation"]
     assert len(asked) == 2  # the first answer, one retry after 2 s; the next wait would pass the budget
-    assert read_counts(hostile) == {"Condition": 2}
+    assert hostile.read_counts() == {"Condition": 2}
     assert any("retry 1 in 2.00 s" in m for m in fhir_warnings(caplog))
     assert any("would pass the 3 s budget" in m and "stopped" in m for m in fhir_warnings(caplog))
 
@@ -141,7 +132,7 @@ def test_gzip_bomb_is_cut_at_the_decompressed_cap(
     assert page.status_code == 200
     section = cut_short_section(page.text)
     assert "grew past the 4 MB limit (counted decompressed)" in section
-    assert read_counts(hostile) == {"Condition": 2}
+    assert hostile.read_counts() == {"Condition": 2}
     assert any("cut short" in m and "4 MB" in m for m in fhir_warnings(caplog))
 
 
@@ -151,7 +142,7 @@ def test_huge_page_is_cut_at_the_cap(hostile: HostileStack, caplog: pytest.LogCa
     page, _ = review(hostile)
     assert page.status_code == 200
     assert "grew past the 4 MB limit" in cut_short_section(page.text)
-    assert read_counts(hostile) == {"Condition": 2}
+    assert hostile.read_counts() == {"Condition": 2}
     assert any("Observation" in m and "cut short" in m for m in fhir_warnings(caplog))
 
 
@@ -159,7 +150,7 @@ def test_a_page_within_the_cap_is_read(hostile: HostileStack) -> None:
     hostile.hostile.set("Observation", kind="huge_page", bytes=2 * 1024 * 1024)
     page, _ = review(hostile)
     assert page.status_code == 200 and 'id="cut-short"' not in page.text
-    assert read_counts(hostile)["Observation"] > 1900  # 2 MB of ~1 KB Observations
+    assert hostile.read_counts()["Observation"] > 1900  # 2 MB of ~1 KB Observations
 
 
 def test_declared_length_over_the_cap_is_refused_before_reading(hostile: HostileStack) -> None:
@@ -178,7 +169,7 @@ def test_json_nested_100000_deep_is_reported_not_a_500(
     page, _ = review(hostile)
     assert page.status_code == 200
     assert "not usable JSON (nested deeper than 1024 levels)" in page.text
-    assert read_counts(hostile) == {"Observation": 3}
+    assert hostile.read_counts() == {"Observation": 3}
 
 
 def test_slow_patient_read_ends_at_the_budget(hostile: HostileStack) -> None:
@@ -205,7 +196,7 @@ def test_refused_search_is_listed_and_the_rest_kept(
     failures = re.search(r"these reads failed:</p>(.*?)</ul>", page.text, re.S)
     assert failures and "Condition" in failures.group(1) and shown in failures.group(1)
     assert "injected fault" in failures.group(1)  # the EHR's own OperationOutcome, escaped
-    assert read_counts(hostile) == {"Observation": 3}
+    assert hostile.read_counts() == {"Observation": 3}
     assert any(f"-> {status}" in m for m in fhir_warnings(caplog))
 
 
@@ -227,7 +218,7 @@ def test_one_429_is_retried_after_its_wait(hostile: HostileStack, caplog: pytest
     hostile.hostile.set("Observation", kind="status", status=429, retry_after=1, times=1)
     page, _ = review(hostile)
     assert page.status_code == 200 and 'id="cut-short"' not in page.text
-    assert read_counts(hostile) == FULL_COUNTS
+    assert hostile.read_counts() == FULL_COUNTS
     assert any("Observation" in m and "retry 1 in 1.00 s" in m for m in fhir_warnings(caplog))
 
 
@@ -237,7 +228,7 @@ def test_read_timeout_is_reported(hostile: HostileStack, caplog: pytest.LogCaptu
     page, _ = review(hostile)
     assert page.status_code == 200
     assert "no answer within the read timeout" in page.text
-    assert read_counts(hostile) == {"Observation": 3}
+    assert hostile.read_counts() == {"Observation": 3}
     assert any("Condition" in m and "read timeout" in m for m in fhir_warnings(caplog))
 
 
@@ -257,7 +248,7 @@ def test_malformed_answers_are_reported(hostile: HostileStack, body: bytes, show
     hostile.hostile.set("Condition", kind="body", body=body, content_type="application/fhir+json")
     page, _ = review(hostile)
     assert page.status_code == 200 and shown in page.text
-    assert read_counts(hostile) == {"Observation": 3}
+    assert hostile.read_counts() == {"Observation": 3}
 
 
 def test_next_link_to_another_host_is_refused_and_the_token_not_sent(
@@ -275,7 +266,7 @@ def test_next_link_to_another_host_is_refused_and_the_token_not_sent(
     assert page.status_code == 200
     assert "next-page link points outside the FHIR base; not followed" in page.text
     assert hostile.other.requests == []  # nothing, and so no token, reached the other host
-    assert read_counts(hostile) == {"Condition": 2}
+    assert hostile.read_counts() == {"Condition": 2}
     assert not any(foreign in r.getMessage() for r in caplog.records)
 
 
