@@ -311,14 +311,12 @@ def _read_batch(
     try:
         with client.budget_share(BATCH_SHARE, "share of the read budget for a batch"):
             answers = client.batch_get(urls)
+        if not any(status.startswith("2") for status, _ in answers):
+            # a server that lists batch but answers no read inside one (some take batches of writes only)
+            raise FhirMalformedResponse("batch: no entry was answered")
     except FhirError as exc:
         logger.warning("FHIR batch read failed (%s); each read is sent on its own", exc.message)
         batch_failed(client.base_url, exc)
-        return _Batched()
-    if not any(status.startswith("2") for status, _ in answers):
-        # a server that lists batch but answers no read inside one (some take batches of writes only)
-        logger.warning("FHIR batch read: no entry was answered; each read is sent on its own")
-        batch_failed(client.base_url, FhirMalformedResponse("batch: no entry answered"))
         return _Batched()
     batched = _Batched()
     if read_patient:
