@@ -46,7 +46,7 @@ from typing import Any
 
 import requests
 
-from launch.stack import write_registration
+from launch.stack import posted_bundle, write_registration
 from smart_app.fhir import capability
 from tests.servers import SCOPES, Server, bind
 
@@ -166,7 +166,8 @@ class HostileEhr:
         with self._lock:
             self.seen.append(Seen(method, path, bool(environ.get("HTTP_AUTHORIZATION"))))
         targets = _targets(method, path)
-        if "transaction" in targets and _bundle_type(environ) == "batch":
+        posted = posted_bundle(environ)
+        if posted is not None and posted[1] == "batch":
             targets = ["batch", "fhir"]
         fault = self._take(targets)
         if fault is None:
@@ -272,17 +273,6 @@ class HostileEhr:
 
 
 _TYPE_PATH = re.compile(r"^/fhir/([A-Z][A-Za-z]+)(/[^/]+)?/?$")
-
-
-def _bundle_type(environ: Environ) -> str | None:
-    """The ``type`` of the Bundle posted to the base; the body is put back for the sandbox."""
-    body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
-    environ["wsgi.input"] = io.BytesIO(body)
-    try:
-        kind = json.loads(body).get("type")
-    except (ValueError, AttributeError):
-        return None
-    return kind if isinstance(kind, str) else None
 
 
 def _targets(method: str, path: str) -> list[str]:
